@@ -1,0 +1,218 @@
+"""Bulk import of products with their primary image, shared by every catalogue source.
+
+A source yields `SourceRow`s (or `RowProblem`s for rows it could not even parse). Rows are taken in
+batches: images are decoded and normalised in a thread pool, then each batch is written in one
+transaction with a savepoint per row, so a bad row is reported and skipped without leaving half a
+product behind. Running the same source twice changes nothing: products are matched by SKU and
+only rewritten when a field or the image differs.
+"""
+
+import csv
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import BinaryIO
+
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import DatabaseError, transaction
+
+from .images import NormalisedImage, normalise_image
+from .models import Product, ProductImage
+
+PRODUCT_FIELDS = (
+    "name",
+    "gender",
+    "master_category",
+    "sub_category",
+    "article_type",
+    "base_colour",
+    "season",
+    "year",
+    "usage",
+)
+SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    line: int  # where the row came from, for the report
+    sku: str
+    fields: dict[str, object]  # values for PRODUCT_FIELDS
+    open_image: Callable[[], BinaryIO]
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    line: int
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.created + self.updated + self.unchanged + len(self.problems)
+
+    def summary(self) -> str:
+        return (
+            f"{self.rows} rows in {self.seconds:.1f}s: {self.created} created, {self.updated} updated, "
+            f"{self.unchanged} unchanged, {len(self.problems)} skipped"
+        )
+
+
+def import_products(
+    rows: Iterable[SourceRow | RowProblem],
+    *,
+    batch_size: int = 200,
+    workers: int = 4,
+    on_row: Callable[[], None] = lambda: None,
+) -> ImportReport:
+    started = time.monotonic()
+    report = ImportReport()
+    seen_skus: dict[str, int] = {}
+    iterator = iter(rows)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while batch := list(islice(iterator, batch_size)):
+            source_rows = []
+            for row in batch:
+                if isinstance(row, RowProblem):
+                    report.problems.append(row)
+                    on_row()
+                elif row.sku in seen_skus:
+                    report.problems.append(RowProblem(row.line, f"duplicate id {row.sku!r}, first on line {seen_skus[row.sku]}"))
+                    on_row()
+                else:
+                    seen_skus[row.sku] = row.line
+                    source_rows.append(row)
+            images = list(pool.map(_normalised_image_or_problem, source_rows))
+            _write_batch(source_rows, images, report, on_row)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _normalised_image_or_problem(row: SourceRow) -> NormalisedImage | str:
+    try:
+        with row.open_image() as file:
+            return normalise_image(file)
+    except FileNotFoundError as exc:
+        return f"image file {exc.filename} is missing"
+    except OSError as exc:
+        return f"image file cannot be read: {exc}"
+    except ValidationError as exc:
+        return f"image cannot be used: {' '.join(exc.messages)}"
+
+
+def _write_batch(rows: list[SourceRow], images: list, report: ImportReport, on_row: Callable[[], None]) -> None:
+    existing = {
+        product.sku: product
+        for product in Product.objects.filter(sku__in=[row.sku for row in rows]).with_images()
+    }
+    with transaction.atomic():
+        for row, image in zip(rows, images):
+            on_row()
+            if isinstance(image, str):
+                report.problems.append(RowProblem(row.line, image))
+                continue
+            try:
+                with transaction.atomic():
+                    outcome = _upsert(row, image, existing.get(row.sku))
+            except ValidationError as exc:
+                report.problems.append(RowProblem(row.line, _describe(exc)))
+                continue
+            except DatabaseError as exc:
+                report.problems.append(RowProblem(row.line, f"database refused the row: {exc}".strip()))
+                continue
+            setattr(report, outcome, getattr(report, outcome) + 1)
+
+
+def _upsert(row: SourceRow, image: NormalisedImage, product: Product | None) -> str:
+    """Create or update one product and its primary image; returns which of the report's counters to bump."""
+    outcome = "unchanged"
+    if product is None:
+        product = Product(sku=row.sku, **row.fields)
+        outcome = "created"
+    elif any(getattr(product, name) != value for name, value in row.fields.items()):
+        for name, value in row.fields.items():
+            setattr(product, name, value)
+        outcome = "updated"
+    if outcome != "unchanged":
+        product.clean_fields(exclude=["slug"])
+        product.save()
+
+    primary = product.primary_image if outcome != "created" else None
+    if primary is None or primary.checksum != image.checksum:
+        primary = primary or ProductImage(product=product, position=0)
+        primary.image = ContentFile(image.content, name=f"{row.sku}.{image.extension}")
+        primary.save()
+        outcome = "created" if outcome == "created" else "updated"
+    return outcome
+
+
+def _describe(error: ValidationError) -> str:
+    if hasattr(error, "error_dict"):
+        return "; ".join(f"{name}: {' '.join(messages)}" for name, messages in error.message_dict.items())
+    return " ".join(error.messages)
+
+
+# --- The Kaggle "Fashion Product Images" layout: styles.csv + images/<id>.jpg ---------------------
+
+KAGGLE_COLUMNS = {
+    "id": "sku",
+    "productDisplayName": "name",
+    "gender": "gender",
+    "masterCategory": "master_category",
+    "subCategory": "sub_category",
+    "articleType": "article_type",
+    "baseColour": "base_colour",
+    "season": "season",
+    "year": "year",
+    "usage": "usage",
+}
+
+
+def kaggle_rows(folder: Path, limit: int | None = None) -> Iterator[SourceRow | RowProblem]:
+    """Rows of `folder`/styles.csv with their images in `folder`/images/<id>.jpg."""
+    styles = folder / "styles.csv"
+    with styles.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        missing = set(KAGGLE_COLUMNS) - set(header or [])
+        if missing:
+            raise ValueError(f"{styles} lacks the columns {', '.join(sorted(missing))}")
+        next_line = reader.line_num + 1
+        for count, values in enumerate(reader):
+            if limit is not None and count >= limit:
+                return
+            line, next_line = next_line, reader.line_num + 1
+            yield _kaggle_row(folder, header, values, line)
+
+
+def _kaggle_row(folder: Path, header: list[str], values: list[str], line: int) -> SourceRow | RowProblem:
+    if len(values) > len(header) and header[-1] == "productDisplayName":
+        # The public styles.csv has unquoted commas in some display names; they belong to the name.
+        values = values[: len(header) - 1] + [",".join(values[len(header) - 1 :])]
+    if len(values) != len(header):
+        return RowProblem(line, f"expected {len(header)} columns, found {len(values)}")
+    record = {KAGGLE_COLUMNS[name]: value.strip() for name, value in zip(header, values) if name in KAGGLE_COLUMNS}
+    sku = record.pop("sku")
+    if not SKU_PATTERN.match(sku):
+        return RowProblem(line, f"id {sku!r} is not a valid product id")
+    if not record["name"]:
+        return RowProblem(line, "productDisplayName is empty")
+    year = record["year"]
+    if year and not (year.isdigit() and 1900 <= int(year) <= 2100):
+        return RowProblem(line, f"year {year!r} is not a year")
+    record["year"] = int(year) if year else None
+    image_path = folder / "images" / f"{sku}.jpg"
+    return SourceRow(line=line, sku=sku, fields=record, open_image=lambda: image_path.open("rb"))

@@ -1,0 +1,63 @@
+"""Fixtures shared by the whole suite: small catalogues built from the team's shared dataset."""
+
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("FASHION_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+DATASET = SHARED / "datasets" / "fashion-products"
+
+
+@pytest.fixture(scope="session")
+def fashion_dataset() -> Path:
+    if not (DATASET / "styles.csv").is_file():
+        pytest.fail(f"The shared dataset is not at {DATASET}; set FASHION_SHARED_DIR to the shared/ folder.")
+    return DATASET
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path) -> Path:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+def shared_styles(dataset: Path, count: int, start: int = 0) -> tuple[list[str], list[list[str]]]:
+    with (dataset / "styles.csv").open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        rows = [row for _, row in zip(range(start + count), reader)][start:]
+    return header, rows
+
+
+def write_kaggle_folder(folder: Path, dataset: Path, header: list[str], rows: list[list[str]]) -> Path:
+    """A Kaggle-layout folder holding `rows` and copies of their shared images."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    with (folder / "styles.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    for row in rows:
+        source = dataset / "images" / f"{row[0]}.jpg"
+        if source.is_file():
+            shutil.copyfile(source, folder / "images" / f"{row[0]}.jpg")
+    return folder
+
+
+@pytest.fixture
+def kaggle_folder(tmp_path, fashion_dataset) -> Path:
+    """A 12-product Kaggle-layout folder, safe to modify."""
+    header, rows = shared_styles(fashion_dataset, 12)
+    return write_kaggle_folder(tmp_path / "kaggle", fashion_dataset, header, rows)
+
+
+@pytest.fixture
+def catalogue(db, fashion_dataset):
+    """The first 60 products of the shared dataset, imported into the test database."""
+    from catalog.importing import import_products, kaggle_rows
+
+    report = import_products(kaggle_rows(fashion_dataset, limit=60))
+    assert report.created == 60, report.problems
+    return report
