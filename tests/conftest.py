@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(os.environ.get("FASHION_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def _shared_dir() -> Path:
+    """The team's read-only shared/ folder: $FASHION_SHARED_DIR, else beside the checkout, else /work/shared."""
+    if "FASHION_SHARED_DIR" in os.environ:
+        return Path(os.environ["FASHION_SHARED_DIR"])
+    beside = Path(__file__).resolve().parents[2] / "shared"
+    return beside if beside.is_dir() else Path("/work/shared")
+
+
+SHARED = _shared_dir()
 DATASET = SHARED / "datasets" / "fashion-products"
 
 
