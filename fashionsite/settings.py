@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "django.contrib.postgres",
     "django.contrib.humanize",
     "catalog",
+    "recommender",
 ]
 
 MIDDLEWARE = [
@@ -150,6 +151,14 @@ CATALOG_PAGE_SIZE = env_int("CATALOG_PAGE_SIZE", 24)
 # Django only counts non-file form data against DATA_UPLOAD_MAX_MEMORY_SIZE; files are capped
 # by the image validator above.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+
+# Visual recommender.
+EMBEDDING_BACKBONE = env_str("EMBEDDING_BACKBONE", "efficientnet_lite2")
+EMBEDDING_MODEL_DIR = Path(env_str("EMBEDDING_MODEL_DIR", str(DATA_DIR / "models")))
+# A ResNet-50 weights file (Keras's resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5); without
+# it the Keras cache ($KERAS_HOME/models/) is tried, then a download when allowed.
+RESNET50_WEIGHTS = env_str("RESNET50_WEIGHTS")
+EMBEDDING_ALLOW_DOWNLOAD = env_bool("EMBEDDING_ALLOW_DOWNLOAD", True)
 
 # HTTPS hardening is on whenever debug is off; the local demo turns it off with DJANGO_HTTPS=0.
 HTTPS = env_bool("DJANGO_HTTPS", not DEBUG)

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _shared_dir() -> Path:
     """The team's read-only shared/ folder: $FASHION_SHARED_DIR, else beside the checkout, else /work/shared."""
@@ -65,9 +67,38 @@ def kaggle_folder(tmp_path, fashion_dataset) -> Path:
 
 @pytest.fixture
 def catalogue(db, fashion_dataset):
-    """The first 60 products of the shared dataset, imported into the test database."""
+    """60 products of the shared dataset: its first 12 rows, then a spread over the whole file
+    so that many article types are present."""
     from catalog.importing import import_products, kaggle_rows
 
-    report = import_products(kaggle_rows(fashion_dataset, limit=60))
+    wanted_lines = set(range(2, 14)) | set(range(14, 8151, 170))
+    rows = (row for row in kaggle_rows(fashion_dataset) if row.line in wanted_lines)
+    report = import_products(rows)
     assert report.created == 60, report.problems
     return report
+
+
+@pytest.fixture
+def subprocess_env(settings):
+    """Environment for a child process (a management command, a Celery worker) that must see the
+    test database, media and data folders this test uses."""
+
+    def build(**extra: str) -> dict[str, str]:
+        from django.db import connection
+
+        database = connection.settings_dict
+        env = {key: value for key, value in os.environ.items() if not key.startswith("DJANGO_")}
+        env.update(
+            DJANGO_SETTINGS_MODULE="fashionsite.test_settings",
+            DATABASE_URL=(
+                f"postgres://{database['USER']}:{database['PASSWORD'] or ''}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+            ),
+            DJANGO_MEDIA_ROOT=str(settings.MEDIA_ROOT),
+            EMBEDDING_MODEL_DIR=str(settings.EMBEDDING_MODEL_DIR),
+            PYTHONPATH=str(ROOT),
+            TF_CPP_MIN_LOG_LEVEL="2",
+        )
+        env.update(extra)
+        return env
+
+    return build

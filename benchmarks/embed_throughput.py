@@ -1,0 +1,116 @@
+"""Embedding throughput per backbone, decoding included: our batched direct calls at batch 1 and
+batch 32, next to the original design's one `model.predict` call per image; plus peak memory.
+
+    .venv/bin/python benchmarks/embed_throughput.py [--images 256] [--backbones ...]
+
+Each backbone runs in its own process, so its memory figures are its own.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import psutil
+from common import dataset_items, machine, print_table
+
+from recommender.backbones import WeightsNotFound, get_backbone
+from recommender.preprocessing import load_pixels
+
+BACKBONES = "efficientnet_lite2,efficientnet_lite0,resnet50"
+
+
+def measure(backbone_name: str, count: int) -> dict:
+    from recommender.embedding import get_embedder
+
+    paths = [item["path"] for item in dataset_items(count)]
+    backbone = get_backbone(backbone_name)
+    started = time.monotonic()
+    try:
+        embedder = get_embedder(backbone.name)
+    except WeightsNotFound as exc:
+        return {"backbone": backbone_name, "error": str(exc)}
+    load_seconds = time.monotonic() - started
+    rss_loaded = psutil.Process().memory_info().rss
+    size = backbone.input_size
+
+    def pixels(path):
+        with open(path, "rb") as file:
+            return load_pixels(file, size)
+
+    embedder.embed_pixels(np.stack([pixels(p) for p in paths[:2]]))  # warm-up: traces the graph
+    result = {"backbone": backbone_name, "load_seconds": load_seconds, "images": len(paths)}
+
+    started = time.monotonic()
+    for path in paths:
+        embedder.embed_pixels(pixels(path)[None])
+    result["batch1"] = len(paths) / (time.monotonic() - started)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        for start in range(0, len(paths), 32):
+            embedder.embed_pixels(np.stack(list(pool.map(pixels, paths[start : start + 32]))))
+    result["batch32"] = len(paths) / (time.monotonic() - started)
+
+    # The original design: Keras's image loader, then one model.predict call per image.
+    import keras
+
+    model = embedder.model
+    subset = paths[: max(32, len(paths) // 4)]
+    model.predict(backbone.preprocess(np.stack([pixels(subset[0])])), verbose=0)
+    started = time.monotonic()
+    for path in subset:
+        array = keras.utils.img_to_array(keras.utils.load_img(path, target_size=(size, size)))
+        model.predict(backbone.preprocess(array[None].astype(np.uint8)), verbose=0)
+    result["predict_per_image"] = len(subset) / (time.monotonic() - started)
+    result["rss_loaded_mb"] = rss_loaded / 2**20
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--backbones", default=BACKBONES)
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one, args.images)))
+        return
+    results = []
+    for name in args.backbones.split(","):
+        output = subprocess.run(
+            [sys.executable, __file__, "--one", name, "--images", str(args.images)], capture_output=True, text=True
+        )
+        lines = [line for line in output.stdout.splitlines() if line.startswith("{")]
+        results.append(json.loads(lines[-1]) if lines else {"backbone": name, "error": output.stderr.strip()[-300:]})
+    print(f"\nEmbedding throughput, decoding included ({args.images} shared catalogue photos); {machine()}")
+    rows = []
+    for r in results:
+        if "error" in r:
+            rows.append([r["backbone"], "n/a", "n/a", "n/a", "n/a", "n/a", r["error"].split(".")[0][:60]])
+        else:
+            rows.append(
+                [
+                    r["backbone"],
+                    f"{r['batch1']:.1f}",
+                    f"{r['batch32']:.1f}",
+                    f"{r['predict_per_image']:.1f}",
+                    f"{r['batch32'] / r['predict_per_image']:.1f}x",
+                    f"{r['load_seconds']:.1f}",
+                    f"{r['rss_loaded_mb']:.0f} / {r['peak_rss_mb']:.0f}",
+                ]
+            )
+    print_table(
+        ["backbone", "img/s batch 1", "img/s batch 32", "img/s predict/image", "batch 32 vs predict", "load s", "RSS loaded / peak MB"],
+        rows,
+    )
+    return results
+
+
+if __name__ == "__main__":
+    main()

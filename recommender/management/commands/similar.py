@@ -1,0 +1,36 @@
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from recommender.backbones import BACKBONES, WeightsNotFound, get_backbone
+from recommender.embedding import get_embedder
+from recommender.preprocessing import load_pixels
+from recommender.search import nearest_products
+
+
+class Command(BaseCommand):
+    help = "Print the catalogue products that look most like an image file (exact cosine search)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("image", type=Path)
+        parser.add_argument("--k", type=int, default=5)
+        parser.add_argument("--backbone", choices=sorted(BACKBONES))
+
+    def handle(self, image: Path, k: int, backbone: str | None, **options):
+        backbone = get_backbone(backbone)
+        try:
+            embedder = get_embedder(backbone.name)
+            with image.open("rb") as file:
+                pixels = load_pixels(file, backbone.input_size)
+        except (OSError, ValidationError, WeightsNotFound) as exc:
+            raise CommandError(" ".join(getattr(exc, "messages", [str(exc)]))) from exc
+        neighbours = nearest_products(embedder.embed_pixels(pixels[None])[0], k=k, backbone=backbone.name)
+        if not neighbours:
+            raise CommandError(f"No catalogue image has a {backbone.name} embedding yet: run embed_catalog first.")
+        self.stdout.write(f"{'rank':>4}  {'score':>6}  {'product':>7}  {'sku':<12} name (article type)")
+        for rank, neighbour in enumerate(neighbours, start=1):
+            product = neighbour.product
+            self.stdout.write(
+                f"{rank:>4}  {neighbour.score:6.3f}  {product.pk:>7}  {product.sku:<12} {product.name} ({product.article_type})"
+            )
