@@ -160,6 +160,51 @@ EMBEDDING_MODEL_DIR = Path(env_str("EMBEDDING_MODEL_DIR", str(DATA_DIR / "models
 RESNET50_WEIGHTS = env_str("RESNET50_WEIGHTS")
 EMBEDDING_ALLOW_DOWNLOAD = env_bool("EMBEDDING_ALLOW_DOWNLOAD", True)
 
+# Where the Annoy index versions live, and how they are built and searched.
+INDEX_DIR = Path(env_str("INDEX_DIR", str(DATA_DIR / "index")))
+INDEX_TREES = env_int("INDEX_TREES", 50)
+INDEX_SEARCH_K = env_int("INDEX_SEARCH_K", -1)  # -1: Annoy's default, n_trees × candidates
+INDEX_KEEP_VERSIONS = env_int("INDEX_KEEP_VERSIONS", 2)
+
+# Celery, with Redis as broker and result backend.
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:63799/0")
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# A task is acknowledged only when it finishes; if its worker dies it is delivered again.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 1)
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("CELERY_WORKER_MAX_MEMORY_PER_CHILD", 0) or None  # KiB
+# Unacknowledged messages of a dead worker return to the queue after this long (Redis transport).
+# Keep it above the longest task (an index build of a large catalogue).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600),
+    "unacked_restore_interval": env_int("CELERY_UNACKED_RESTORE_SECONDS", 60),
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 10,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing from a web request must not hang when Redis is down: fail fast, the sweep catches up.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+CELERY_TASK_ROUTES = {"recommender.tasks.embed_images_task": {"queue": "embeddings"}}
+EMBEDDING_SWEEP_SECONDS = env_int("EMBEDDING_SWEEP_SECONDS", 60)
+INDEX_REBUILD_SECONDS = env_int("INDEX_REBUILD_SECONDS", 300)
+CELERY_BEAT_SCHEDULE = {
+    "sweep-missing-embeddings": {
+        "task": "recommender.tasks.sweep_missing_embeddings",
+        "schedule": EMBEDDING_SWEEP_SECONDS,
+    },
+    "rebuild-index-when-stale": {
+        "task": "recommender.tasks.rebuild_index",
+        "schedule": INDEX_REBUILD_SECONDS,
+    },
+}
+
 # HTTPS hardening is on whenever debug is off; the local demo turns it off with DJANGO_HTTPS=0.
 HTTPS = env_bool("DJANGO_HTTPS", not DEBUG)
 SECURE_SSL_REDIRECT = HTTPS

@@ -1,9 +1,14 @@
-"""Settings for the test suite: the real settings, with a fixed key and fast password hashing."""
+"""Settings for the test suite: the real settings, with a fixed key, fast password hashing and
+a Redis of the suite's own (tests/conftest.py starts it on TEST_REDIS_PORT)."""
 
 import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-suite-only-" + "x" * 40)
 os.environ.setdefault("DJANGO_HTTPS", "0")
+TEST_REDIS_PORT = int(os.environ.setdefault("TEST_REDIS_PORT", "63798"))
+os.environ["REDIS_URL"] = f"redis://127.0.0.1:{TEST_REDIS_PORT}/0"
+for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+    os.environ.pop(name, None)
 
 from .settings import *  # noqa: E402,F403
 

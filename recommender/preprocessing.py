@@ -9,7 +9,7 @@ from catalog.images import open_image, upright_rgb
 
 SquareMode = Literal["pad", "crop", "trim"]
 # Chosen by measurement on the shared catalogue (benchmarks/preprocessing_choice.py; see README).
-DEFAULT_SQUARE_MODE: SquareMode = "pad"
+DEFAULT_SQUARE_MODE: SquareMode = "trim"
 WHITE = (255, 255, 255)
 # Product shots sit on white; anything lighter than this counts as background when trimming.
 BACKGROUND_THRESHOLD = 245

@@ -1,21 +1,28 @@
 """Finding the catalogue products that look most like a query embedding.
 
-Image-level candidates come from a searcher (for now: exact cosine search over every stored
-embedding); they are then collapsed to products (one per product, its best image), filtered by
-the shopper's choices, and widened until k products are found or the catalogue is exhausted.
+Candidates (image ids with exact cosine scores) come from the Annoy index plus the embeddings
+written since it was built, or, when there is no usable index, from exact search over every
+stored embedding. They are then collapsed to products (one per product, its best image),
+filtered by the shopper's choices, and widened until k products are found or the catalogue is
+exhausted.
 """
 
-import threading
+import logging
 from dataclasses import dataclass
 
 import numpy as np
-from django.db.models import Count, Max
+from django.conf import settings
 
 from catalog.models import Product, ProductImage
 
 from .backbones import get_backbone
-from .models import ImageEmbedding
+from .index import index_reader, recent_embeddings
+from .vectors import embedding_matrix
 
+logger = logging.getLogger(__name__)
+
+# Image candidates fetched per wanted product: room for several photos of one product and for
+# Annoy's misses, so that re-ranking finds the exact top results.
 CANDIDATES_PER_RESULT = 8
 
 
@@ -27,66 +34,33 @@ class Neighbour:
 
 
 @dataclass(frozen=True)
-class EmbeddingMatrix:
-    """Every stored embedding of one backbone, as rows of one matrix."""
-
-    backbone: str
-    image_ids: np.ndarray  # int64, one per row
-    vectors: np.ndarray  # float32 (rows, dimension), unit length
-    stamp: tuple  # (count, latest computed_at) when loaded
-
-    def __len__(self) -> int:
-        return len(self.image_ids)
-
-    def top(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `count` best rows as (image ids, scores), best first."""
-        scores = self.vectors @ query
-        count = min(count, len(scores))
-        if count == 0:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        best = np.argpartition(-scores, count - 1)[:count]
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return self.image_ids[best], scores[best]
+class Candidates:
+    image_ids: np.ndarray
+    scores: np.ndarray  # exact cosine, best first
+    searched: int  # how many images the search could have returned
+    source: str  # "index" or "exact"
 
 
-def done_embeddings(backbone: str):
-    return ImageEmbedding.objects.filter(backbone=backbone, status=ImageEmbedding.Status.DONE)
+def candidate_images(query: np.ndarray, count: int, backbone: str) -> Candidates:
+    """The `count` images most similar to `query`, re-ranked by exact cosine."""
+    query = np.asarray(query, dtype=np.float32)
+    index = index_reader(backbone).get()
+    if index is None:
+        matrix = embedding_matrix(backbone)
+        image_ids, scores = matrix.top(query, count)
+        return Candidates(image_ids, scores, len(matrix), "exact")
 
-
-def embeddings_stamp(backbone: str) -> tuple:
-    summary = done_embeddings(backbone).aggregate(count=Count("pk"), latest=Max("computed_at"))
-    return summary["count"], summary["latest"]
-
-
-def load_embedding_matrix(backbone: str, stamp: tuple | None = None) -> EmbeddingMatrix:
-    stamp = stamp or embeddings_stamp(backbone)
-    rows = done_embeddings(backbone).order_by("image_id").values_list("image_id", "vector")
-    image_ids, vectors = [], []
-    for image_id, vector in rows.iterator(chunk_size=2000):
-        image_ids.append(image_id)
-        vectors.append(np.frombuffer(vector, dtype=np.float32))
-    dimension = get_backbone(backbone).dimension
-    matrix = np.vstack(vectors) if vectors else np.zeros((0, dimension), np.float32)
-    return EmbeddingMatrix(backbone, np.array(image_ids, dtype=np.int64), matrix, stamp)
-
-
-_matrices: dict[str, EmbeddingMatrix] = {}
-_matrices_lock = threading.Lock()
-
-
-def embedding_matrix(backbone: str) -> EmbeddingMatrix:
-    """The process's copy of the stored embeddings, reloaded when they change."""
-    stamp = embeddings_stamp(backbone)
-    with _matrices_lock:
-        cached = _matrices.get(backbone)
-        if cached is None or cached.stamp != stamp:
-            cached = _matrices[backbone] = load_embedding_matrix(backbone, stamp)
-        return cached
-
-
-def stored_vector(image_id: int, backbone: str) -> np.ndarray | None:
-    vector = done_embeddings(backbone).filter(image_id=image_id).values_list("vector", flat=True).first()
-    return None if vector is None else np.frombuffer(vector, dtype=np.float32)
+    rows = index.annoy.get_nns_by_vector(query, min(count, len(index)), search_k=settings.INDEX_SEARCH_K)
+    image_ids = index.image_ids[rows]
+    scores = np.asarray(index.vectors[rows]) @ query
+    fresh_ids, fresh_vectors, withdrawn = recent_embeddings(backbone, index.manifest.until)
+    if len(fresh_ids) or len(withdrawn):
+        # Embeddings newer than the index replace what it holds for the same images.
+        keep = ~np.isin(image_ids, np.concatenate([fresh_ids, withdrawn]))
+        image_ids = np.concatenate([image_ids[keep], fresh_ids])
+        scores = np.concatenate([scores[keep], fresh_vectors @ query])
+    order = np.argsort(-scores, kind="stable")[:count]
+    return Candidates(image_ids[order], scores[order], len(index) + len(fresh_ids), "index")
 
 
 def nearest_products(
@@ -100,18 +74,17 @@ def nearest_products(
 ) -> list[Neighbour]:
     """The k products most similar to `query`, best first, one per product, matching the filters."""
     backbone = get_backbone(backbone).name
-    matrix = embedding_matrix(backbone)
     wanted = k * CANDIDATES_PER_RESULT
     while True:
-        image_ids, scores = matrix.top(query, wanted)
-        neighbours = _collapse_to_products(image_ids, scores, k, exclude_product_id, gender, article_type)
-        if len(neighbours) >= k or wanted >= len(matrix):
+        candidates = candidate_images(query, wanted, backbone)
+        neighbours = _collapse_to_products(candidates, k, exclude_product_id, gender, article_type)
+        if len(neighbours) >= k or wanted >= candidates.searched:
             return neighbours
         wanted *= 4
 
 
-def _collapse_to_products(image_ids, scores, k, exclude_product_id, gender, article_type) -> list[Neighbour]:
-    images = ProductImage.objects.filter(pk__in=image_ids.tolist()).select_related("product")
+def _collapse_to_products(candidates: Candidates, k, exclude_product_id, gender, article_type) -> list[Neighbour]:
+    images = ProductImage.objects.filter(pk__in=candidates.image_ids.tolist()).select_related("product")
     if exclude_product_id is not None:
         images = images.exclude(product_id=exclude_product_id)
     if gender:
@@ -120,7 +93,7 @@ def _collapse_to_products(image_ids, scores, k, exclude_product_id, gender, arti
         images = images.filter(product__article_type=article_type)
     by_id = {image.pk: image for image in images}
     neighbours, seen = [], set()
-    for image_id, score in zip(image_ids.tolist(), scores.tolist()):
+    for image_id, score in zip(candidates.image_ids.tolist(), candidates.scores.tolist()):
         image = by_id.get(image_id)
         if image is None or image.product_id in seen:
             continue

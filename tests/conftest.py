@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import CeleryWorker, RedisServer
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +36,12 @@ def fashion_dataset() -> Path:
 def media_root(settings, tmp_path) -> Path:
     settings.MEDIA_ROOT = tmp_path / "media"
     return settings.MEDIA_ROOT
+
+
+@pytest.fixture(autouse=True)
+def index_dir(settings, tmp_path) -> Path:
+    settings.INDEX_DIR = tmp_path / "index"
+    return settings.INDEX_DIR
 
 
 def shared_styles(dataset: Path, count: int, start: int = 0) -> tuple[list[str], list[list[str]]]:
@@ -95,6 +103,7 @@ def subprocess_env(settings):
             ),
             DJANGO_MEDIA_ROOT=str(settings.MEDIA_ROOT),
             EMBEDDING_MODEL_DIR=str(settings.EMBEDDING_MODEL_DIR),
+            INDEX_DIR=str(settings.INDEX_DIR),
             PYTHONPATH=str(ROOT),
             TF_CPP_MIN_LOG_LEVEL="2",
         )
@@ -102,3 +111,24 @@ def subprocess_env(settings):
         return env
 
     return build
+
+
+@pytest.fixture(scope="session", autouse=True)
+def redis_server(tmp_path_factory):
+    """The suite's own Redis (TEST_REDIS_PORT): every saved image publishes a task to it."""
+    server = RedisServer(int(os.environ["TEST_REDIS_PORT"]), tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def celery_worker(subprocess_env, redis_server, tmp_path):
+    """A real `celery worker` on the test database; its queue starts empty."""
+    redis_server.flush()
+    worker = CeleryWorker(
+        subprocess_env(CELERY_VISIBILITY_TIMEOUT="4", CELERY_UNACKED_RESTORE_SECONDS="1"),
+        tmp_path / "worker.log",
+    )
+    yield worker
+    worker.stop()

@@ -7,7 +7,8 @@ from django.core.management import CommandError, call_command
 
 from catalog.models import Product, ProductImage
 from recommender.preprocessing import square_pixels
-from recommender.search import nearest_products, stored_vector
+from recommender.search import nearest_products
+from recommender.vectors import stored_vector
 
 pytestmark = pytest.mark.django_db
 

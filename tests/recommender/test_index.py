@@ -1,0 +1,181 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+
+from catalog.models import ProductImage
+from recommender import index as index_module
+from recommender.index import IndexReader, build_index, current_manifest, current_version_dir, index_is_stale
+from recommender.search import candidate_images, nearest_products
+from recommender.vectors import embedding_matrix, stored_vector
+from tests.conftest import ROOT
+from tests.processes import wait_until
+
+LITE2 = "efficientnet_lite2"
+pytestmark = pytest.mark.django_db
+
+
+def query_vector(position: int = 3) -> np.ndarray:
+    image = ProductImage.objects.order_by("pk")[position]
+    return stored_vector(image.pk, LITE2)
+
+
+def test_build_writes_a_verified_version_and_switches_to_it(embedded_catalogue, index_dir):
+    result = build_index(LITE2)
+
+    assert result.reason == "built"
+    manifest = result.manifest
+    assert (manifest.items, manifest.dimension, manifest.metric, manifest.backbone) == (60, 1280, "angular", LITE2)
+    directory = current_version_dir(LITE2)
+    assert directory == index_dir / LITE2 / "versions" / manifest.version
+    assert set(manifest.checksums) == {"items.ann", "image_ids.npy", "vectors.npy"}
+    assert json.loads((directory / "manifest.json").read_text())["version"] == manifest.version
+    assert build_index(LITE2, force=False).reason == "up to date"
+
+
+def test_index_search_matches_exact_search(embedded_catalogue):
+    build_index(LITE2)
+    matrix = embedding_matrix(LITE2)
+    for position in range(0, 60, 7):
+        query = query_vector(position)
+        from_index = candidate_images(query, 10, LITE2)
+        assert from_index.source == "index"
+        exact_ids, _ = matrix.top(query, 10)
+        assert list(from_index.image_ids[:5]) == list(exact_ids[:5])
+
+
+def test_a_new_embedding_is_found_before_the_next_build(embedded_catalogue, fashion_dataset):
+    from django.core.files.base import ContentFile
+
+    from recommender.embedding import embed_images
+
+    build_index(LITE2)
+    product = ProductImage.objects.first().product
+    new_image = ProductImage.objects.create(
+        product=product, position=5, image=ContentFile((fashion_dataset / "images" / "10020.jpg").read_bytes(), name="x.jpg")
+    )
+    embed_images([new_image.pk], LITE2)
+    assert index_is_stale(LITE2)
+
+    candidates = candidate_images(stored_vector(new_image.pk, LITE2), 5, LITE2)
+
+    assert candidates.source == "index" and candidates.image_ids[0] == new_image.pk
+    assert build_index(LITE2, force=False).reason == "built"
+    assert new_image.pk in np.load(current_version_dir(LITE2) / "image_ids.npy")
+
+
+def test_corrupt_index_file_falls_back_to_exact_search(embedded_catalogue, caplog):
+    build_index(LITE2)
+    ann = current_version_dir(LITE2) / "items.ann"
+    data = bytearray(ann.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = os.urandom(64)
+    ann.write_bytes(bytes(data))
+    index_module._readers.clear()
+
+    neighbours = nearest_products(query_vector(), k=5)
+
+    assert len(neighbours) == 5
+    assert candidate_images(query_vector(), 5, LITE2).source == "exact"
+    assert "does not match its checksum" in caplog.text
+
+
+def test_missing_index_falls_back_to_exact_search(embedded_catalogue, index_dir):
+    assert current_manifest(LITE2) is None
+    assert candidate_images(query_vector(), 5, LITE2).source == "exact"
+    build_index(LITE2)
+    assert candidate_images(query_vector(), 5, LITE2).source == "index"
+    (index_dir / LITE2 / "current").unlink()
+    assert candidate_images(query_vector(), 5, LITE2).source == "exact"
+    assert len(nearest_products(query_vector(), k=5)) == 5
+
+
+def test_a_failed_build_leaves_the_live_index_alone(embedded_catalogue, monkeypatch, index_dir):
+    first = build_index(LITE2).manifest
+    reader = IndexReader(LITE2)
+    assert reader.get().manifest.version == first.version
+
+    def crash(path):
+        raise MemoryError("simulated crash after the files were written")
+
+    monkeypatch.setattr(index_module, "_sha256", crash)
+    with pytest.raises(MemoryError):
+        build_index(LITE2, force=True)
+
+    assert current_manifest(LITE2).version == first.version
+    assert reader.get().manifest.version == first.version
+    assert not list((index_dir / LITE2 / "versions").glob("*.partial"))
+
+
+def test_leftovers_and_old_versions_are_cleaned_up(embedded_catalogue, index_dir, settings):
+    settings.INDEX_KEEP_VERSIONS = 2
+    versions = [build_index(LITE2, force=True).manifest.version for _ in range(4)]
+    stale = index_dir / LITE2 / "versions" / "20000101T000000.000000-dead00.partial"
+    stale.mkdir()
+    versions.append(build_index(LITE2, force=True).manifest.version)
+
+    remaining = sorted(p.name for p in (index_dir / LITE2 / "versions").iterdir())
+    assert remaining == sorted(versions[-2:])
+
+
+def test_build_index_command(embedded_catalogue):
+    from io import StringIO
+
+    out = StringIO()
+    call_command("build_index", "--trees", "10", stdout=out)
+    assert "60 items, 10 trees" in out.getvalue()
+    out = StringIO()
+    call_command("build_index", "--if-stale", stdout=out)
+    assert "up to date" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_web_processes_follow_a_rebuild_without_restarting(embedded_catalogue, subprocess_env, tmp_path):
+    build_index(LITE2)
+    first = current_manifest(LITE2).version
+    servers, ports = [], []
+    try:
+        for _ in range(2):
+            port = _free_port()
+            servers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "gunicorn", "fashionsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
+                    cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+            )
+            ports.append(port)
+        for port in ports:
+            assert wait_until(lambda: _status(port), 30, f"web process on {port}")["index_version"] == first
+
+        second = build_index(LITE2, force=True).manifest.version
+
+        assert second != first
+        for port in ports:
+            status = _status(port)
+            assert (status["index_version"], status["search"]) == (second, "index")
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _status(port: int) -> dict | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/recommender/status", timeout=5) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
