@@ -53,8 +53,8 @@ def open_image(
     `draft_size` lets the JPEG decoder skip detail below that size, which makes decoding a large
     photo several times faster when it will be shrunk anyway.
     """
-    max_bytes = settings.CATALOG_IMAGE_MAX_UPLOAD_BYTES if max_bytes is None else max_bytes
-    max_pixels = settings.CATALOG_IMAGE_MAX_PIXELS if max_pixels is None else max_pixels
+    max_bytes = settings.IMAGE_UPLOAD_MAX_BYTES if max_bytes is None else max_bytes
+    max_pixels = settings.IMAGE_UPLOAD_MAX_PIXELS if max_pixels is None else max_pixels
     size = _size_of(file)
     if size == 0:
         raise ValidationError("The file is empty.", code="empty")

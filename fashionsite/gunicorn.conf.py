@@ -1,8 +1,18 @@
 """Gunicorn settings for the site; each can be overridden on the command line or with GUNICORN_CMD_ARGS."""
 
 import os
+import threading
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 timeout = 60
 accesslog = "-"
+
+
+def post_worker_init(worker):
+    """Load the embedding model in the background as each worker starts, so that the first photo
+    search does not wait for TensorFlow (it is never loaded in the master, before the fork)."""
+    if os.environ.get("WARM_UP_MODEL", "1") == "1":
+        from recommender.embedding import get_embedder
+
+        threading.Thread(target=get_embedder, name="warm-up-model", daemon=True).start()

@@ -143,9 +143,10 @@ MEDIA_ROOT = Path(env_str("DJANGO_MEDIA_ROOT", str(DATA_DIR / "media")))
 # media from the reverse proxy with X-Content-Type-Options: nosniff.
 SERVE_MEDIA = env_bool("DJANGO_SERVE_MEDIA", DEBUG)
 
-# Product images: what staff may upload and how they are stored.
-CATALOG_IMAGE_MAX_UPLOAD_BYTES = env_int("CATALOG_IMAGE_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
-CATALOG_IMAGE_MAX_PIXELS = env_int("CATALOG_IMAGE_MAX_PIXELS", 40_000_000)
+# Images from outside (staff uploads, imports, shoppers' search photos): what we accept.
+IMAGE_UPLOAD_MAX_BYTES = env_int("IMAGE_UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
+IMAGE_UPLOAD_MAX_PIXELS = env_int("IMAGE_UPLOAD_MAX_PIXELS", 40_000_000)
+# Stored product images are shrunk to this many pixels a side.
 CATALOG_IMAGE_MAX_SIDE = env_int("CATALOG_IMAGE_MAX_SIDE", 1600)
 CATALOG_PAGE_SIZE = env_int("CATALOG_PAGE_SIZE", 24)
 # Django only counts non-file form data against DATA_UPLOAD_MAX_MEMORY_SIZE; files are capped
@@ -159,11 +160,18 @@ EMBEDDING_MODEL_DIR = Path(env_str("EMBEDDING_MODEL_DIR", str(DATA_DIR / "models
 # it the Keras cache ($KERAS_HOME/models/) is tried, then a download when allowed.
 RESNET50_WEIGHTS = env_str("RESNET50_WEIGHTS")
 EMBEDDING_ALLOW_DOWNLOAD = env_bool("EMBEDDING_ALLOW_DOWNLOAD", True)
+# Shoppers' search photos are discarded after the request unless this is set; kept ones go to a
+# private folder, never to public media.
+VISUAL_SEARCH_KEEP_UPLOADS = env_bool("VISUAL_SEARCH_KEEP_UPLOADS", False)
+VISUAL_SEARCH_UPLOAD_DIR = Path(env_str("VISUAL_SEARCH_UPLOAD_DIR", str(DATA_DIR / "search-uploads")))
+# Neighbours of a product are cached until the index changes (or this many seconds pass, so that
+# products embedded since the last build join in).
+SIMILAR_ITEMS_CACHE_SECONDS = env_int("SIMILAR_ITEMS_CACHE_SECONDS", 120)
 
 # Where the Annoy index versions live, and how they are built and searched.
 INDEX_DIR = Path(env_str("INDEX_DIR", str(DATA_DIR / "index")))
-INDEX_TREES = env_int("INDEX_TREES", 50)
-INDEX_SEARCH_K = env_int("INDEX_SEARCH_K", -1)  # -1: Annoy's default, n_trees × candidates
+INDEX_TREES = env_int("INDEX_TREES", 25)
+INDEX_SEARCH_K = env_int("INDEX_SEARCH_K", 20000)  # at least; never below n_trees × candidates
 INDEX_KEEP_VERSIONS = env_int("INDEX_KEEP_VERSIONS", 2)
 
 # Celery, with Redis as broker and result backend.

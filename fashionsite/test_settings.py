@@ -14,3 +14,4 @@ from .settings import *  # noqa: E402,F403
 
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+SERVE_MEDIA = True  # the browser tests look at product photos

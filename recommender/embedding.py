@@ -5,7 +5,6 @@ The catalogue pipeline runs in stages: fetch rows (main thread, database) -> rea
 -> write (one upsert per batch). Each stage's time is reported.
 """
 
-import functools
 import logging
 import threading
 import time
@@ -18,11 +17,12 @@ from django.core.exceptions import ValidationError
 from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
+from catalog.images import upright_rgb
 from catalog.models import ProductImage
 
 from .backbones import Backbone, get_backbone
 from .models import ImageEmbedding
-from .preprocessing import load_pixels
+from .preprocessing import load_pixels, square_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -57,16 +57,19 @@ def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
-@functools.cache
+_embedders: dict[str, Embedder] = {}
+_embedders_lock = threading.Lock()
+
+
 def get_embedder(backbone_name: str | None = None) -> Embedder:
     """The process's embedder for a backbone (the configured one by default), built on first use."""
     backbone = get_backbone(backbone_name)
-    if backbone_name is None:
-        return get_embedder(backbone.name)
-    started = time.monotonic()
-    embedder = Embedder(backbone)
-    logger.info("Loaded %s in %.1fs", backbone.name, time.monotonic() - started)
-    return embedder
+    with _embedders_lock:  # a warm-up thread and a request may ask at once: build it only once
+        if backbone.name not in _embedders:
+            started = time.monotonic()
+            _embedders[backbone.name] = Embedder(backbone)
+            logger.info("Loaded %s in %.1fs", backbone.name, time.monotonic() - started)
+        return _embedders[backbone.name]
 
 
 def images_missing_embeddings(backbone_name: str) -> QuerySet:
@@ -231,9 +234,7 @@ def embed_catalogue(
 
 
 def embed_uploaded_image(image, backbone_name: str | None = None) -> np.ndarray:
-    """The embedding of one already-decoded PIL image (a shopper's photo)."""
-    from .preprocessing import square_pixels
-
+    """The embedding of one decoded PIL image (a shopper's photo), prepared like catalogue images."""
     embedder = get_embedder(backbone_name)
-    pixels = square_pixels(image, embedder.backbone.input_size)
+    pixels = square_pixels(upright_rgb(image), embedder.backbone.input_size)
     return embedder.embed_pixels(pixels[None])[0]

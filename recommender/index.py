@@ -45,9 +45,10 @@ IDS_FILE = "image_ids.npy"
 VECTORS_FILE = "vectors.npy"
 MANIFEST_FILE = "manifest.json"
 METRIC = "angular"
-# Embeddings written just before a build's snapshot may commit just after it: the reader's delta
-# looks this far back, and duplicates are merged by image id.
-DELTA_OVERLAP = timedelta(seconds=30)
+# An embedding's computed_at is taken just before its transaction commits, so one may miss a
+# build's snapshot yet be older than it: the reader's delta looks this far back, and duplicates
+# are merged by image id.
+DELTA_OVERLAP = timedelta(seconds=5)
 
 
 class UnusableIndex(Exception):
@@ -323,11 +324,29 @@ def index_reader(backbone: str) -> IndexReader:
         return _readers[backbone]
 
 
-def recent_embeddings(backbone: str, since: datetime | None):
-    """Embeddings written after an index was built: (image ids, vectors, ids no longer searchable)."""
+@dataclass(frozen=True)
+class RecentEmbeddings:
+    """Embeddings written after an index was built."""
+
+    image_ids: np.ndarray
+    vectors: np.ndarray
+    withdrawn: np.ndarray  # images whose newest embedding failed: not searchable any more
+
+
+_recent: dict[tuple, RecentEmbeddings] = {}
+_recent_lock = threading.Lock()
+
+
+def recent_embeddings(backbone: str, since: datetime | None) -> RecentEmbeddings:
+    """What changed since `since`; re-read only when a newer embedding exists (one indexed query)."""
     rows = ImageEmbedding.objects.filter(backbone=backbone)
     if since is not None:
         rows = rows.filter(computed_at__gt=since - DELTA_OVERLAP)
+    latest = rows.order_by("-computed_at").values_list("computed_at", flat=True).first()
+    key = (backbone, since, latest)
+    with _recent_lock:
+        if key in _recent:
+            return _recent[key]
     fresh_ids, vectors, withdrawn = [], [], []
     for image_id, status, vector in rows.values_list("image_id", "status", "vector"):
         if status == ImageEmbedding.Status.DONE:
@@ -336,8 +355,12 @@ def recent_embeddings(backbone: str, since: datetime | None):
         else:
             withdrawn.append(image_id)
     dimension = get_backbone(backbone).dimension
-    return (
+    recent = RecentEmbeddings(
         np.array(fresh_ids, dtype=np.int64),
         np.vstack(vectors) if vectors else np.zeros((0, dimension), np.float32),
         np.array(withdrawn, dtype=np.int64),
     )
+    with _recent_lock:
+        _recent.clear()  # only the newest state is ever asked for again
+        _recent[key] = recent
+    return recent

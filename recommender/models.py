@@ -23,7 +23,7 @@ class ImageEmbedding(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["image", "backbone"], name="one_embedding_per_image_and_backbone")]
-        indexes = [models.Index(fields=["backbone", "status", "computed_at"])]
+        indexes = [models.Index(fields=["backbone", "computed_at"], name="embedding_backbone_time")]
 
     def __str__(self):
         return f"{self.backbone} embedding of image {self.image_id} ({self.status})"

@@ -50,17 +50,19 @@ def candidate_images(query: np.ndarray, count: int, backbone: str) -> Candidates
         image_ids, scores = matrix.top(query, count)
         return Candidates(image_ids, scores, len(matrix), "exact")
 
-    rows = index.annoy.get_nns_by_vector(query, min(count, len(index)), search_k=settings.INDEX_SEARCH_K)
+    wanted = min(count, len(index))
+    search_k = max(settings.INDEX_SEARCH_K, index.manifest.n_trees * wanted)
+    rows = index.annoy.get_nns_by_vector(query, wanted, search_k=search_k)
     image_ids = index.image_ids[rows]
     scores = np.asarray(index.vectors[rows]) @ query
-    fresh_ids, fresh_vectors, withdrawn = recent_embeddings(backbone, index.manifest.until)
-    if len(fresh_ids) or len(withdrawn):
+    recent = recent_embeddings(backbone, index.manifest.until)
+    if len(recent.image_ids) or len(recent.withdrawn):
         # Embeddings newer than the index replace what it holds for the same images.
-        keep = ~np.isin(image_ids, np.concatenate([fresh_ids, withdrawn]))
-        image_ids = np.concatenate([image_ids[keep], fresh_ids])
-        scores = np.concatenate([scores[keep], fresh_vectors @ query])
+        keep = ~np.isin(image_ids, np.concatenate([recent.image_ids, recent.withdrawn]))
+        image_ids = np.concatenate([image_ids[keep], recent.image_ids])
+        scores = np.concatenate([scores[keep], recent.vectors @ query])
     order = np.argsort(-scores, kind="stable")[:count]
-    return Candidates(image_ids[order], scores[order], len(index) + len(fresh_ids), "index")
+    return Candidates(image_ids[order], scores[order], len(index) + len(recent.image_ids), "index")
 
 
 def nearest_products(

@@ -132,3 +132,13 @@ def celery_worker(subprocess_env, redis_server, tmp_path):
     )
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def embedded_catalogue(catalogue):
+    """The 60-product catalogue with EfficientNet-Lite2 embeddings for every image."""
+    from recommender.embedding import embed_catalogue
+
+    report = embed_catalogue("efficientnet_lite2")
+    assert report.embedded == 60
+    return report

@@ -82,7 +82,7 @@ def test_oversized_and_bomb_uploads_are_refused(staff_client, settings):
     )
     assert b"megapixels" in response.content
 
-    settings.CATALOG_IMAGE_MAX_UPLOAD_BYTES = 500
+    settings.IMAGE_UPLOAD_MAX_BYTES = 500
     big = io.BytesIO()
     Image.effect_noise((64, 64), 60).convert("RGB").save(big, format="PNG")
     response = staff_client.post(

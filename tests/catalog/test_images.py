@@ -108,7 +108,7 @@ def test_truncated_image_is_corrupt():
 
 
 def test_too_large_file(settings):
-    settings.CATALOG_IMAGE_MAX_UPLOAD_BYTES = 1000
+    settings.IMAGE_UPLOAD_MAX_BYTES = 1000
     with pytest.raises(ValidationError) as raised:
         open_image(encoded(Image.effect_noise((100, 100), 50).convert("RGB"), "PNG"))
     assert raised.value.code == "too_large"
@@ -125,7 +125,7 @@ def test_decompression_bomb_is_rejected_before_decoding():
 
 
 def test_pixel_limit_is_a_setting(settings):
-    settings.CATALOG_IMAGE_MAX_PIXELS = 100 * 100
+    settings.IMAGE_UPLOAD_MAX_PIXELS = 100 * 100
     with pytest.raises(ValidationError) as raised:
         open_image(encoded(Image.new("RGB", (101, 100)), "PNG"))
     assert "101×100" in raised.value.messages[0]

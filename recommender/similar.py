@@ -1,0 +1,98 @@
+"""The two things shoppers see: a product's similar items, and the products that look like a photo."""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.cache import cache
+from PIL import Image
+
+from catalog.models import Product, ProductImage
+
+from .backbones import get_backbone
+from .index import current_version_dir
+from .search import Neighbour, nearest_products
+from .vectors import done_embeddings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SimilarItems:
+    neighbours: list[Neighbour]
+    pending: bool = False  # the product has no embedding yet
+    seconds: float = 0.0
+
+
+def similar_products(product: Product, *, k: int = 5, gender: str = "", article_type: str = "") -> SimilarItems:
+    """The k products that look most like `product` (never itself), of a gender/article type if given.
+
+    Cached per product until the index changes, and for at most SIMILAR_ITEMS_CACHE_SECONDS.
+    """
+    started = time.monotonic()
+    backbone = get_backbone().name
+    version = current_version_dir(backbone)
+    key = f"similar:{backbone}:{version.name if version else 'exact'}:{product.pk}:{k}:{gender}:{article_type}"
+    cached = _cache_get(key)
+    if cached is not None:
+        neighbours = _neighbours_from_ids(cached)
+        if len(neighbours) == len(cached):  # nothing was deleted since
+            return SimilarItems(neighbours, seconds=time.monotonic() - started)
+    vector = _product_vector(product, backbone)
+    if vector is None:
+        return SimilarItems([], pending=True, seconds=time.monotonic() - started)
+    neighbours = nearest_products(vector, k=k, backbone=backbone, exclude_product_id=product.pk, gender=gender, article_type=article_type)
+    _cache_set(key, [(n.product.pk, n.image.pk, n.score) for n in neighbours])
+    return SimilarItems(neighbours, seconds=time.monotonic() - started)
+
+
+def _product_vector(product: Product, backbone: str):
+    """The embedding of the product's first embedded image, in display order."""
+    import numpy as np
+
+    vector = (
+        done_embeddings(backbone)
+        .filter(image__product=product)
+        .order_by("image__position", "image_id")
+        .values_list("vector", flat=True)
+        .first()
+    )
+    return None if vector is None else np.frombuffer(vector, dtype=np.float32)
+
+
+def _neighbours_from_ids(rows: list[tuple[int, int, float]]) -> list[Neighbour]:
+    images = ProductImage.objects.select_related("product").in_bulk([image_id for _, image_id, _ in rows])
+    return [Neighbour(images[image_id].product, images[image_id], score) for _, image_id, score in rows if image_id in images]
+
+
+def _cache_get(key: str):
+    try:
+        return cache.get(key)
+    except Exception as exc:  # a cache outage must not take product pages down
+        logger.warning("Similar-items cache unavailable: %s", exc)
+        return None
+
+
+def _cache_set(key: str, value) -> None:
+    try:
+        cache.set(key, value, settings.SIMILAR_ITEMS_CACHE_SECONDS)
+    except Exception as exc:
+        logger.warning("Similar-items cache unavailable: %s", exc)
+
+
+@dataclass
+class VisualSearchResult:
+    neighbours: list[Neighbour]
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def search_by_photo(image: Image.Image, *, k: int = 5, gender: str = "", article_type: str = "") -> VisualSearchResult:
+    """The k catalogue products that look most like a shopper's (already decoded) photo."""
+    from .embedding import embed_uploaded_image
+
+    started = time.monotonic()
+    vector = embed_uploaded_image(image)
+    embedded = time.monotonic()
+    neighbours = nearest_products(vector, k=k, gender=gender, article_type=article_type)
+    return VisualSearchResult(neighbours, {"embed": embedded - started, "search": time.monotonic() - embedded})
