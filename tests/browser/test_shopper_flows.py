@@ -3,6 +3,7 @@
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from catalog.models import Product
 from recommender.index import build_index
@@ -52,8 +53,11 @@ def test_only_same_article_type(page, shop):
 def test_search_by_photo_finds_the_product_first(page, shop, fashion_dataset, screenshot):
     page.goto(shop + "/")
     page.get_by_role("link", name="Search by photo").click()
+    page.wait_for_url("**/search/photo/")
+    page.wait_for_load_state()  # the page script runs after parsing
     page.set_input_files("#id_image", str(fashion_dataset / "images" / "10007.jpg"))
-    assert page.locator("[data-preview]").is_visible(), "the chosen photo is previewed"
+    expect(page.locator("[data-preview]")).to_be_visible()  # the chosen photo is previewed
+    expect(page.locator("[data-file-name]")).to_have_text("10007.jpg")
     with page.expect_navigation():
         page.get_by_role("button", name="Find similar products").click()
 
