@@ -46,10 +46,11 @@ def machine() -> str:
     return f"{platform.node()}: {cpus} cores ({model or platform.machine()}), {memory:.0f} GiB, Python {platform.python_version()}"
 
 
-def print_table(header: list[str], rows: list[list]) -> None:
+def print_table(header: list[str], rows: list[list], numeric: bool = True) -> None:
+    """A plain-text table; with `numeric`, every column but the first is right-aligned."""
     cells = [header] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for index, row in enumerate(cells):
-        print("  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))))
+        print("  ".join(cell.rjust(width) if i and numeric else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
         if index == 0:
             print("  ".join("-" * width for width in widths))

@@ -91,6 +91,16 @@ def _resnet50_with_generated_weights():
     return Embedder(get_backbone("resnet50"))
 
 
+def measure_all(backbones: list[str], images: int) -> list[dict]:
+    """Each backbone in a process of its own, so that its memory figures are its own."""
+    results = []
+    for name in backbones:
+        output = subprocess.run([sys.executable, __file__, "--one", name, "--images", str(images)], capture_output=True, text=True)
+        lines = [line for line in output.stdout.splitlines() if line.startswith("{")]
+        results.append(json.loads(lines[-1]) if lines else {"backbone": name, "error": output.stderr.strip()[-300:]})
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=256)
@@ -100,13 +110,7 @@ def main():
     if args.one:
         print(json.dumps(measure(args.one, args.images)))
         return
-    results = []
-    for name in args.backbones.split(","):
-        output = subprocess.run(
-            [sys.executable, __file__, "--one", name, "--images", str(args.images)], capture_output=True, text=True
-        )
-        lines = [line for line in output.stdout.splitlines() if line.startswith("{")]
-        results.append(json.loads(lines[-1]) if lines else {"backbone": name, "error": output.stderr.strip()[-300:]})
+    results = measure_all(args.backbones.split(","), args.images)
     print(f"\nEmbedding throughput, decoding included ({args.images} shared catalogue photos); {machine()}")
     rows = []
     for r in results:

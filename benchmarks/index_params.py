@@ -47,7 +47,7 @@ def build(vectors: np.ndarray, n_trees: int) -> tuple[AnnoyIndex, float]:
     return index, time.monotonic() - started
 
 
-def sweep(queries: int):
+def sweep(queries: int, trees=(10, 25, 50, 100), search_ks=(-1, 5000, 20000)) -> list[dict]:
     vectors = real_vectors()
     rng = np.random.default_rng(0)
     picked = rng.choice(len(vectors), size=min(queries, len(vectors)), replace=False)
@@ -56,13 +56,13 @@ def sweep(queries: int):
         scores = vectors @ vectors[row]
         scores[row] = -np.inf
         exact.append(set(np.argsort(-scores)[:5]))
-    rows = []
-    for n_trees in (10, 25, 50, 100):
+    results = []
+    for n_trees in trees:
         index, seconds = build(vectors, n_trees)
         with tempfile.NamedTemporaryFile(suffix=".ann") as file:
             index.save(file.name)
             size = Path(file.name).stat().st_size
-        for search_k in (-1, 5000, 20000):
+        for search_k in search_ks:
             raw_hits = reranked_hits = 0
             latencies = []
             for row, truth in zip(picked, exact):
@@ -72,20 +72,34 @@ def sweep(queries: int):
                 latencies.append(time.perf_counter() - started)
                 raw_hits += len(truth & set(candidates[:5]))
                 reranked_hits += len(truth & set(reranked.tolist()))
-            rows.append(
-                [
-                    n_trees,
-                    "default" if search_k == -1 else search_k,
-                    f"{raw_hits / (5 * len(picked)):.3f}",
-                    f"{reranked_hits / (5 * len(picked)):.4f}",
-                    f"{np.percentile(latencies, 50) * 1000:.2f}",
-                    f"{np.percentile(latencies, 95) * 1000:.2f}",
-                    f"{seconds:.1f}",
-                    f"{size / 2**20:.0f}",
-                ]
+            results.append(
+                {
+                    "items": len(vectors),
+                    "queries": len(picked),
+                    "n_trees": n_trees,
+                    "search_k": search_k,
+                    "recall_raw": raw_hits / (5 * len(picked)),
+                    "recall_reranked": reranked_hits / (5 * len(picked)),
+                    "p50_ms": float(np.percentile(latencies, 50) * 1000),
+                    "p95_ms": float(np.percentile(latencies, 95) * 1000),
+                    "build_seconds": seconds,
+                    "index_mb": size / 2**20,
+                }
             )
-    print(f"\nAnnoy on {len(vectors)} real {BACKBONE} embeddings, {len(picked)} queries; {machine()}")
-    print_table(["n_trees", "search_k", "recall@5 raw", "recall@5 re-ranked", "query p50 ms", "p95 ms", "build s", "MB"], rows)
+    return results
+
+
+def print_sweep(results: list[dict]) -> None:
+    print(f"\nAnnoy on {results[0]['items']} real {BACKBONE} embeddings, {results[0]['queries']} queries; {machine()}")
+    print_table(
+        ["n_trees", "search_k", "recall@5 raw", "recall@5 re-ranked", "query p50 ms", "p95 ms", "build s", "MB"],
+        [
+            [r["n_trees"], "default" if r["search_k"] == -1 else r["search_k"], f"{r['recall_raw']:.3f}",
+             f"{r['recall_reranked']:.4f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['build_seconds']:.1f}",
+             f"{r['index_mb']:.0f}"]
+            for r in results
+        ],
+    )
 
 
 def synthetic(count: int, n_trees: int) -> dict:
@@ -118,6 +132,29 @@ def synthetic(count: int, n_trees: int) -> dict:
     }
 
 
+def builds(counts: list[int], n_trees: int) -> list[dict]:
+    """One process per build, so that peak memory is the build's own."""
+    results = []
+    for count in counts:
+        output = subprocess.run(
+            [sys.executable, __file__, "build", str(count), "--trees", str(n_trees), "--one"], capture_output=True, text=True
+        )
+        results.append(json.loads([line for line in output.stdout.splitlines() if line.startswith("{")][-1]))
+    return results
+
+
+def print_builds(results: list[dict]) -> None:
+    print(f"\nAnnoy builds of synthetic 1280-d vectors (real embeddings plus noise); {machine()}")
+    print_table(
+        ["vectors", "n_trees", "build s", "save s", "index MB", "peak RSS MB", "query ms (40 nn)"],
+        [
+            [f"{r['count']:,}", r["n_trees"], f"{r['build_seconds']:.1f}", f"{r['save_seconds']:.1f}",
+             f"{r['index_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['query_ms']:.2f}"]
+            for r in results
+        ],
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,27 +162,15 @@ def main():
     sweep_parser.add_argument("--queries", type=int, default=1000)
     build_parser = sub.add_parser("build")
     build_parser.add_argument("counts", type=int, nargs="+")
-    build_parser.add_argument("--trees", type=int, default=50)
+    build_parser.add_argument("--trees", type=int, default=25)
     build_parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.command == "sweep":
-        sweep(args.queries)
-        return
-    if args.one:
+        print_sweep(sweep(args.queries))
+    elif args.one:
         print(json.dumps(synthetic(args.counts[0], args.trees)))
-        return
-    rows = []
-    for count in args.counts:  # one process each, so peak memory is per build
-        output = subprocess.run(
-            [sys.executable, __file__, "build", str(count), "--trees", str(args.trees), "--one"], capture_output=True, text=True
-        )
-        result = json.loads([line for line in output.stdout.splitlines() if line.startswith("{")][-1])
-        rows.append(
-            [f"{count:,}", result["n_trees"], f"{result['build_seconds']:.1f}", f"{result['save_seconds']:.1f}",
-             f"{result['index_mb']:.0f}", f"{result['peak_rss_mb']:.0f}", f"{result['query_ms']:.2f}"]
-        )
-    print(f"\nAnnoy builds of synthetic 1280-d vectors (real embeddings plus noise); {machine()}")
-    print_table(["vectors", "n_trees", "build s", "save s", "index MB", "peak RSS MB", "query ms (40 nn)"], rows)
+    else:
+        print_builds(builds(args.counts, args.trees))
 
 
 if __name__ == "__main__":

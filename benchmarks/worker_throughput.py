@@ -8,6 +8,7 @@ queued one per task (as uploads are) and 32 per task (as the sweep does).
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -51,7 +52,14 @@ def worker_rss(process: psutil.Process) -> int:
 def run(concurrency: int, per_task: int, image_ids: list[int]) -> dict:
     ImageEmbedding.objects.all().delete()
     app.connection_for_write().default_channel.client.flushdb()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CELERY_WORKER_CONCURRENCY": str(concurrency)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CELERY_WORKER_CONCURRENCY": str(concurrency),
+        "DJANGO_DEBUG": "0",  # as in production: no query log growing in the worker
+        "DJANGO_HTTPS": "0",
+        "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or "worker-benchmark-" + "x" * 40,
+    }
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "fashionsite", "worker", "-Q", "embeddings", "-c", str(concurrency),
          "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"],
@@ -94,6 +102,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--json", action="store_true", help="Print the results as one JSON line too.")
     args = parser.parse_args()
     call_command("migrate", verbosity=0)
     import_products(kaggle_rows(DATASET, limit=args.images))
@@ -105,6 +114,8 @@ def main():
         [[r["concurrency"], r["per_task"], f"{r['images_per_second']:.1f}", f"{r['worker_rss_mb']:.0f}",
           f"{r['peak_rss_mb']:.0f}", f"{r['child_rss_mb']:.0f}"] for r in results],
     )
+    if args.json:
+        print(json.dumps(results))
 
 
 if __name__ == "__main__":

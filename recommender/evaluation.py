@@ -4,6 +4,7 @@ Each item is a query once; its neighbours are the k most similar other items by 
 neighbour is a hit when it has the query's label (article type, sub category, colour...).
 """
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,3 +73,174 @@ def raw_pixel_vector(image: Image.Image) -> np.ndarray:
     small = image.convert("RGB").resize((RAW_PIXELS_SIZE, RAW_PIXELS_SIZE), Image.Resampling.BILINEAR)
     vector = np.asarray(small, dtype=np.float32).ravel()
     return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+# --- Evaluating the catalogue in the database ------------------------------------------------------
+
+LABELS = {"article type": "article_type", "sub category": "sub_category", "base colour": "base_colour"}
+
+
+@dataclass
+class CatalogueVectors:
+    """One query vector per product (its first embedded image), and every image vector."""
+
+    product_ids: np.ndarray  # (products,)
+    query_vectors: np.ndarray  # (products, dimension)
+    image_vectors: np.ndarray  # (images, dimension), grouped by product in product_ids order
+    image_starts: np.ndarray  # first row of each product in image_vectors
+    labels: dict[str, np.ndarray]  # label name -> (products,) values
+
+
+def catalogue_vectors(backbone: str, limit: int | None = None) -> CatalogueVectors:
+    from catalog.models import Product
+
+    from .models import ImageEmbedding
+
+    rows = (
+        ImageEmbedding.objects.filter(backbone=backbone, status=ImageEmbedding.Status.DONE)
+        .order_by("image__product_id", "image__position", "image_id")
+        .values_list("image__product_id", "vector")
+    )
+    product_ids, starts, vectors = [], [], []
+    for product_id, vector in rows.iterator(chunk_size=4000):
+        if not product_ids or product_ids[-1] != product_id:
+            if limit is not None and len(product_ids) == limit:
+                break
+            product_ids.append(product_id)
+            starts.append(len(vectors))
+        vectors.append(np.frombuffer(vector, dtype=np.float32))
+    if len(product_ids) < 2:
+        raise ValueError(f"At least two products need a {backbone} embedding to evaluate; run embed_catalog.")
+    image_vectors = np.vstack(vectors)
+    starts_array = np.array(starts)
+    attributes = {p["pk"]: p for p in Product.objects.filter(pk__in=product_ids).values("pk", *LABELS.values())}
+    return CatalogueVectors(
+        product_ids=np.array(product_ids),
+        query_vectors=image_vectors[starts_array],
+        image_vectors=image_vectors,
+        image_starts=starts_array,
+        labels={name: np.array([attributes[pid][field] for pid in product_ids]) for name, field in LABELS.items()},
+    )
+
+
+def exact_product_neighbours(data: CatalogueVectors, k: int, block: int = 1024) -> np.ndarray:
+    """Each product's k most similar other products: a product scores its best image's cosine."""
+    count = len(data.product_ids)
+    k = min(k, count - 1)
+    result = np.empty((count, k), dtype=np.int64)
+    for start in range(0, count, block):
+        image_scores = data.query_vectors[start : start + block] @ data.image_vectors.T
+        product_scores = np.maximum.reduceat(image_scores, data.image_starts, axis=1)
+        rows = np.arange(len(product_scores))
+        product_scores[rows, start + rows] = -np.inf
+        best = np.argpartition(-product_scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(product_scores, best, axis=1), axis=1, kind="stable")
+        result[start : start + block] = np.take_along_axis(best, order, axis=1)
+    return result
+
+
+def chance_precision(labels: np.ndarray) -> float:
+    """Expected precision@k of random neighbours: the chance that another product shares the label."""
+    _, counts = np.unique(labels, return_counts=True)
+    return float((counts * (counts - 1)).sum() / (len(labels) * (len(labels) - 1)))
+
+
+def label_scores(neighbours: np.ndarray, labels: dict[str, np.ndarray]) -> dict[str, dict]:
+    return {
+        name: {**retrieval_scores(neighbours, values).as_dict(), "chance_precision": chance_precision(values)}
+        for name, values in labels.items()
+    }
+
+
+def served_path_quality(data: CatalogueVectors, exact: np.ndarray, backbone: str, k: int, sample: int, seed: int = 0) -> dict:
+    """Recall@k of what the site serves (index + re-rank, one per product) against exact search, and its latency."""
+    from .search import nearest_products
+
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(data.product_ids), size=min(sample, len(data.product_ids)), replace=False)
+    hits, latencies = 0, []
+    for row in picked:
+        started = time.perf_counter()
+        served = nearest_products(data.query_vectors[row], k=k, backbone=backbone, exclude_product_id=int(data.product_ids[row]))
+        latencies.append(time.perf_counter() - started)
+        truth = set(data.product_ids[exact[row, :k]].tolist())
+        hits += len(truth & {n.product.pk for n in served})
+    return {
+        "queries": len(picked),
+        "recall": hits / (k * len(picked)),
+        "latency_p50_ms": float(np.percentile(latencies, 50) * 1000),
+        "latency_p95_ms": float(np.percentile(latencies, 95) * 1000),
+    }
+
+
+def brute_force_refit_latency(data: CatalogueVectors, k: int, queries: int = 50) -> dict:
+    """The original design's search: scikit-learn's brute-force NearestNeighbors, fitted again per query."""
+    from sklearn.neighbors import NearestNeighbors
+
+    latencies = []
+    for row in range(min(queries, len(data.product_ids))):
+        started = time.perf_counter()
+        model = NearestNeighbors(n_neighbors=k + 1, algorithm="brute", metric="cosine").fit(data.query_vectors)
+        model.kneighbors(data.query_vectors[row : row + 1])
+        latencies.append(time.perf_counter() - started)
+    return {
+        "queries": len(latencies),
+        "latency_p50_ms": float(np.percentile(latencies, 50) * 1000),
+        "latency_p95_ms": float(np.percentile(latencies, 95) * 1000),
+    }
+
+
+def raw_pixel_vectors(product_ids: np.ndarray) -> np.ndarray:
+    """The 32×32-pixel floor, from each product's first image file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from catalog.models import ProductImage
+
+    from .preprocessing import read_image
+
+    from django.core.files.storage import default_storage
+
+    paths = {}
+    images = ProductImage.objects.filter(product_id__in=product_ids.tolist()).order_by("position", "pk")
+    for product_id, name in images.values_list("product_id", "image"):
+        paths.setdefault(product_id, name)  # the first image in display order
+
+    def vector(product_id):
+        with default_storage.open(paths[product_id]) as file:
+            return raw_pixel_vector(read_image(file, 256))
+
+    with ThreadPoolExecutor(2) as pool:
+        return np.stack(list(pool.map(vector, product_ids.tolist())))
+
+
+def random_control(data: CatalogueVectors, seed: int = 0) -> CatalogueVectors:
+    """The same catalogue with random unit vectors: every score must fall to chance."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(len(data.product_ids), data.query_vectors.shape[1])).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return CatalogueVectors(data.product_ids, vectors, vectors, np.arange(len(vectors)), data.labels)
+
+
+def evaluate_catalogue(
+    backbone: str, *, k: int = 5, sample: int = 1000, limit: int | None = None, baselines: bool = False, control: bool = False
+) -> dict:
+    """Everything `manage.py evaluate_recommender` reports, as one JSON-ready dict."""
+    started = time.monotonic()
+    data = catalogue_vectors(backbone, limit)
+    exact = exact_product_neighbours(data, k)
+    report = {
+        "backbone": backbone,
+        "k": k,
+        "products": len(data.product_ids),
+        "images": len(data.image_vectors),
+        "quality": label_scores(exact, data.labels),
+        "served_path": served_path_quality(data, exact, backbone, k, sample),
+    }
+    if control:
+        report["random_control"] = label_scores(exact_product_neighbours(random_control(data), k), data.labels)
+    if baselines:
+        pixels = raw_pixel_vectors(data.product_ids)
+        report["raw_pixels"] = label_scores(leave_one_out_neighbours(pixels, k), data.labels)
+        report["brute_force_refit"] = brute_force_refit_latency(data, k)
+    report["seconds"] = time.monotonic() - started
+    return report

@@ -1,0 +1,70 @@
+from json import dumps
+import os
+import platform
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from recommender.backbones import BACKBONES, get_backbone
+from recommender.evaluation import LABELS, evaluate_catalogue
+
+
+class Command(BaseCommand):
+    help = (
+        "How good are the recommendations? Leave-one-out over every product with an embedding: precision@k and "
+        "mAP@k for article type, sub category and colour (micro and macro), recall@k and latency of the served "
+        "search path against exact search."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--backbone", choices=sorted(BACKBONES), help="Default: the EMBEDDING_BACKBONE setting.")
+        parser.add_argument("--k", type=int, default=5)
+        parser.add_argument("--sample", type=int, default=1000, help="Queries for the served-path recall and latency.")
+        parser.add_argument("--limit", type=int, help="Evaluate only the first N products.")
+        parser.add_argument("--baselines", action="store_true", help="Also raw 32×32 pixels and the original design's brute-force search.")
+        parser.add_argument("--control", action="store_true", help="Also random embeddings, which must score near chance.")
+        parser.add_argument("--json", type=Path, help="Write the full report here.")
+
+    def handle(self, backbone, k, sample, limit, baselines, control, json: Path | None, **options):
+        backbone = get_backbone(backbone).name
+        try:
+            report = evaluate_catalogue(backbone, k=k, sample=sample, limit=limit, baselines=baselines, control=control)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        report["machine"] = f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)"
+        self.print_report(report)
+        if json:
+            json.write_text(dumps(report, indent=2, default=str))
+            self.stdout.write(f"Wrote {json}")
+
+    def print_report(self, report: dict) -> None:
+        k = report["k"]
+        write = self.stdout.write
+        write(f"{report['backbone']}: {report['products']} products, {report['images']} images; leave-one-out, k={k}")
+        rows = [("embeddings", report["quality"])]
+        if "raw_pixels" in report:
+            rows.append(("raw 32x32 pixels", report["raw_pixels"]))
+        if "random_control" in report:
+            rows.append(("random control", report["random_control"]))
+        header = f"{'':<18}{'label':<14}{f'P@{k}':>7}{f'mAP@{k}':>8}{f'macro P@{k}':>12}{f'macro mAP@{k}':>14}{'chance':>8}"
+        write(header)
+        write("-" * len(header))
+        for name, scores in rows:
+            for label in LABELS:
+                s = scores[label]
+                write(
+                    f"{name:<18}{label:<14}{s['precision']:>7.3f}{s['average_precision']:>8.3f}"
+                    f"{s['macro_precision']:>12.3f}{s['macro_average_precision']:>14.3f}{s['chance_precision']:>8.3f}"
+                )
+        served = report["served_path"]
+        write(
+            f"Served path (index + re-rank) vs exact: recall@{k} {served['recall']:.4f} over {served['queries']} queries; "
+            f"latency p50 {served['latency_p50_ms']:.2f} ms, p95 {served['latency_p95_ms']:.2f} ms"
+        )
+        if "brute_force_refit" in report:
+            brute = report["brute_force_refit"]
+            write(
+                f"Original design (brute-force NearestNeighbors refitted per query): "
+                f"p50 {brute['latency_p50_ms']:.2f} ms, p95 {brute['latency_p95_ms']:.2f} ms"
+            )
+        write(f"({report['seconds']:.1f}s on {report['machine']})")
