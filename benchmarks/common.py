@@ -43,7 +43,8 @@ def machine() -> str:
         model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{platform.node()}: {cpus} cores ({model or platform.machine()}), {memory:.0f} GiB, Python {platform.python_version()}"
+    processor = model or platform.machine()
+    return f"{platform.node()}: {cpus} cores ({processor}), {memory:.0f} GiB, Python {platform.python_version()}"
 
 
 def print_table(header: list[str], rows: list[list], numeric: bool = True) -> None:
@@ -51,6 +52,11 @@ def print_table(header: list[str], rows: list[list], numeric: bool = True) -> No
     cells = [header] + [[str(cell) for cell in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for index, row in enumerate(cells):
-        print("  ".join(cell.rjust(width) if i and numeric else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
+        print(
+            "  ".join(
+                cell.rjust(width) if i and numeric else cell.ljust(width)
+                for i, (cell, width) in enumerate(zip(row, widths))
+            ).rstrip()
+        )
         if index == 0:
             print("  ".join("-" * width for width in widths))

@@ -86,7 +86,9 @@ def _resnet50_with_generated_weights():
     from recommender.embedding import Embedder
 
     path = Path(tempfile.mkdtemp()) / "resnet50-generated.weights.h5"
-    keras.applications.ResNet50(include_top=False, weights=None, pooling="max", input_shape=(224, 224, 3)).save_weights(str(path))
+    keras.applications.ResNet50(include_top=False, weights=None, pooling="max", input_shape=(224, 224, 3)).save_weights(
+        str(path)
+    )
     settings.RESNET50_WEIGHTS = str(path)
     return Embedder(get_backbone("resnet50"))
 
@@ -95,7 +97,9 @@ def measure_all(backbones: list[str], images: int) -> list[dict]:
     """Each backbone in a process of its own, so that its memory figures are its own."""
     results = []
     for name in backbones:
-        output = subprocess.run([sys.executable, __file__, "--one", name, "--images", str(images)], capture_output=True, text=True)
+        output = subprocess.run(
+            [sys.executable, __file__, "--one", name, "--images", str(images)], capture_output=True, text=True
+        )
         lines = [line for line in output.stdout.splitlines() if line.startswith("{")]
         results.append(json.loads(lines[-1]) if lines else {"backbone": name, "error": output.stderr.strip()[-300:]})
     return results
@@ -130,7 +134,16 @@ def main():
                 ]
             )
     print_table(
-        ["backbone", "img/s batch 1", "img/s batch 32", "img/s predict/image", "batch 32 vs predict", "load s", "RSS loaded / peak MB", ""],
+        [
+            "backbone",
+            "img/s batch 1",
+            "img/s batch 32",
+            "img/s predict/image",
+            "batch 32 vs predict",
+            "load s",
+            "RSS loaded / peak MB",
+            "",
+        ],
         rows,
     )
     return results

@@ -57,10 +57,15 @@ class Client:
 
 def multipart(fields: dict[str, str], file_field: str, file_name: str, content: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode() for name, value in fields.items()]
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
     parts.append(
         f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{file_name}"\r\n'
-        f"Content-Type: image/jpeg\r\n\r\n".encode() + content + b"\r\n"
+        f"Content-Type: image/jpeg\r\n\r\n".encode()
+        + content
+        + b"\r\n"
     )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
@@ -129,7 +134,9 @@ def measure(base: str, requests: int = 200, concurrency=(1, 4, 16)) -> list[dict
         return client.request("GET", f"/api/products/{pk}/similar?k=5")
 
     def search_api(client, index):
-        return client.request("POST", "/api/search", *_as_request(multipart({}, "image", "photo.jpg", photos[index % len(photos)])))
+        return client.request(
+            "POST", "/api/search", *_as_request(multipart({}, "image", "photo.jpg", photos[index % len(photos)]))
+        )
 
     def search_page(client, index):
         if "csrftoken" not in client.cookies:
@@ -137,7 +144,9 @@ def measure(base: str, requests: int = 200, concurrency=(1, 4, 16)) -> list[dict
         body, content_type = multipart(
             {"csrfmiddlewaretoken": client.cookies["csrftoken"]}, "image", "photo.jpg", photos[index % len(photos)]
         )
-        return client.request("POST", "/search/photo/", body, {"Content-Type": content_type, "Referer": base + "/search/photo/"})
+        return client.request(
+            "POST", "/search/photo/", body, {"Content-Type": content_type, "Referer": base + "/search/photo/"}
+        )
 
     warm_client = Client(base)
     for _ in range(8):  # every web worker has its model loaded before timing starts
@@ -160,8 +169,15 @@ def print_results(results: list[dict], base: str) -> None:
     print_table(
         ["request", "clients", "p50 ms", "p95 ms", "req/s", "errors", "server time, mean ms"],
         [
-            [r["name"], r["clients"], f"{r['p50']:.1f}", f"{r['p95']:.1f}", f"{r['throughput']:.1f}", r["failures"],
-             ", ".join(f"{stage} {ms:.1f}" for stage, ms in r["stages"].items())]
+            [
+                r["name"],
+                r["clients"],
+                f"{r['p50']:.1f}",
+                f"{r['p95']:.1f}",
+                f"{r['throughput']:.1f}",
+                r["failures"],
+                ", ".join(f"{stage} {ms:.1f}" for stage, ms in r["stages"].items()),
+            ]
             for r in results
         ],
     )

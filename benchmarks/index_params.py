@@ -67,7 +67,9 @@ def sweep(queries: int, trees=(10, 25, 50, 100), search_ks=(-1, 5000, 20000)) ->
             latencies = []
             for row, truth in zip(picked, exact):
                 started = time.perf_counter()
-                candidates = [c for c in index.get_nns_by_vector(vectors[row], CANDIDATES + 1, search_k=search_k) if c != row]
+                candidates = [
+                    c for c in index.get_nns_by_vector(vectors[row], CANDIDATES + 1, search_k=search_k) if c != row
+                ]
                 reranked = np.array(candidates)[np.argsort(-(vectors[candidates] @ vectors[row]))[:5]]
                 latencies.append(time.perf_counter() - started)
                 raw_hits += len(truth & set(candidates[:5]))
@@ -94,9 +96,16 @@ def print_sweep(results: list[dict]) -> None:
     print_table(
         ["n_trees", "search_k", "recall@5 raw", "recall@5 re-ranked", "query p50 ms", "p95 ms", "build s", "MB"],
         [
-            [r["n_trees"], "default" if r["search_k"] == -1 else r["search_k"], f"{r['recall_raw']:.3f}",
-             f"{r['recall_reranked']:.4f}", f"{r['p50_ms']:.2f}", f"{r['p95_ms']:.2f}", f"{r['build_seconds']:.1f}",
-             f"{r['index_mb']:.0f}"]
+            [
+                r["n_trees"],
+                "default" if r["search_k"] == -1 else r["search_k"],
+                f"{r['recall_raw']:.3f}",
+                f"{r['recall_reranked']:.4f}",
+                f"{r['p50_ms']:.2f}",
+                f"{r['p95_ms']:.2f}",
+                f"{r['build_seconds']:.1f}",
+                f"{r['index_mb']:.0f}",
+            ]
             for r in results
         ],
     )
@@ -137,7 +146,9 @@ def builds(counts: list[int], n_trees: int) -> list[dict]:
     results = []
     for count in counts:
         output = subprocess.run(
-            [sys.executable, __file__, "build", str(count), "--trees", str(n_trees), "--one"], capture_output=True, text=True
+            [sys.executable, __file__, "build", str(count), "--trees", str(n_trees), "--one"],
+            capture_output=True,
+            text=True,
         )
         results.append(json.loads([line for line in output.stdout.splitlines() if line.startswith("{")][-1]))
     return results
@@ -148,8 +159,15 @@ def print_builds(results: list[dict]) -> None:
     print_table(
         ["vectors", "n_trees", "build s", "save s", "index MB", "peak RSS MB", "query ms (40 nn)"],
         [
-            [f"{r['count']:,}", r["n_trees"], f"{r['build_seconds']:.1f}", f"{r['save_seconds']:.1f}",
-             f"{r['index_mb']:.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['query_ms']:.2f}"]
+            [
+                f"{r['count']:,}",
+                r["n_trees"],
+                f"{r['build_seconds']:.1f}",
+                f"{r['save_seconds']:.1f}",
+                f"{r['index_mb']:.0f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['query_ms']:.2f}",
+            ]
             for r in results
         ],
     )

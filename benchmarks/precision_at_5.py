@@ -1,7 +1,7 @@
 """Precision@5 by articleType on the shared catalogue, leave-one-out, cosine: each backbone and
 preprocessing choice against raw 32×32 pixels.
 
-    .venv/bin/python benchmarks/precision_at_5.py [--backbones efficientnet_lite2,efficientnet_lite0] [--modes pad,crop,trim]
+    .venv/bin/python benchmarks/precision_at_5.py [--backbones efficientnet_lite2,...] [--modes pad,crop,trim]
 
 Embeddings are cached in var/benchmarks/, so a rerun only computes what is new.
 """
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from common import RESULTS_DIR, dataset_items, machine, print_table
 
-from recommender.backbones import BACKBONES, WeightsNotFound, get_backbone
+from recommender.backbones import WeightsNotFound, get_backbone
 from recommender.embedding import get_embedder
 from recommender.evaluation import leave_one_out_neighbours, raw_pixel_vector, retrieval_scores
 from recommender.preprocessing import load_pixels, read_image
@@ -37,7 +37,11 @@ def embed_files(paths, backbone_name: str, mode: str, batch_size: int = 32) -> n
             batch = np.stack(list(pool.map(pixels, paths[start : start + batch_size])))
             vectors.append(embedder.embed_pixels(batch))
             done = start + len(batch)
-            print(f"\r  {backbone_name}/{mode}: {done}/{len(paths)} ({done / (time.monotonic() - started):.0f} img/s)", end="", flush=True)
+            print(
+                f"\r  {backbone_name}/{mode}: {done}/{len(paths)} ({done / (time.monotonic() - started):.0f} img/s)",
+                end="",
+                flush=True,
+            )
     print()
     matrix = np.vstack(vectors)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -69,7 +73,9 @@ def main():
 
     def score(name, mode, vectors):
         scores = retrieval_scores(leave_one_out_neighbours(vectors, 5), labels)
-        rows.append([name, mode, f"{scores.precision:.3f}", f"{scores.average_precision:.3f}", f"{scores.macro_precision:.3f}"])
+        rows.append(
+            [name, mode, f"{scores.precision:.3f}", f"{scores.average_precision:.3f}", f"{scores.macro_precision:.3f}"]
+        )
 
     score("raw 32x32 pixels", "-", raw_pixels(paths))
     for name in args.backbones.split(","):

@@ -1,6 +1,6 @@
 """Every speed and memory figure in one run, printed as one summary table.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--url http://127.0.0.1:8000] [--only embed,index,http,worker] [--json FILE]
+    .venv/bin/python benchmarks/run.py [--quick] [--url URL] [--only embed,index,http,worker] [--json FILE]
 
 Needs the project's PostgreSQL and Redis (bin/services start). The HTTP figures need a catalogue
 with embeddings and an index in the configured database (e.g. import_catalog, embed_catalog,
@@ -53,11 +53,26 @@ class WebServer:
         }
 
     def __enter__(self):
-        subprocess.run([sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=ROOT, env=self.env, check=True)
+        subprocess.run(
+            [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"], cwd=ROOT, env=self.env, check=True
+        )
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "fashionsite.wsgi", "--config", "fashionsite/gunicorn.conf.py",
-             "--bind", f"127.0.0.1:{self.port}", "--access-logfile", "/dev/null"],
-            cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "fashionsite.wsgi",
+                "--config",
+                "fashionsite/gunicorn.conf.py",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--access-logfile",
+                "/dev/null",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -86,7 +101,8 @@ def summary_rows(results: dict) -> list[list]:
                 r["backbone"],
                 f"{r['batch32']:.1f} img/s batch 32",
                 f"batch 1 {r['batch1']:.1f}; predict per image {r['predict_per_image']:.1f} "
-                f"({r['batch32'] / r['predict_per_image']:.1f}x slower); RSS {r['rss_loaded_mb']:.0f}/{r['peak_rss_mb']:.0f} MB{note}",
+                f"({r['batch32'] / r['predict_per_image']:.1f}x slower); "
+                f"RSS {r['rss_loaded_mb']:.0f}/{r['peak_rss_mb']:.0f} MB{note}",
             ]
         )
     for r in results.get("annoy", []):
@@ -105,7 +121,8 @@ def summary_rows(results: dict) -> list[list]:
                 "Annoy build, synthetic",
                 f"{r['count']:,} x 1280-d, {r['n_trees']} trees",
                 f"{r['build_seconds']:.1f} s",
-                f"save {r['save_seconds']:.1f} s; {r['index_mb']:,.0f} MB on disk; peak RSS {r['peak_rss_mb']:,.0f} MB; "
+                f"save {r['save_seconds']:.1f} s; {r['index_mb']:,.0f} MB on disk; "
+                f"peak RSS {r['peak_rss_mb']:,.0f} MB; "
                 f"query {r['query_ms']:.2f} ms",
             ]
         )
@@ -118,9 +135,13 @@ def summary_rows(results: dict) -> list[list]:
                 "HTTP",
                 name,
                 "p50 " + " / ".join(f"{r['p50']:.0f}" for r in runs) + " ms",
-                "p95 " + " / ".join(f"{r['p95']:.0f}" for r in runs) + " ms at "
-                + "/".join(str(r["clients"]) for r in runs) + " clients; server: "
-                + ", ".join(f"{stage} {ms:.1f}" for stage, ms in runs[0]["stages"].items()) + " ms (1 client)",
+                "p95 "
+                + " / ".join(f"{r['p95']:.0f}" for r in runs)
+                + " ms at "
+                + "/".join(str(r["clients"]) for r in runs)
+                + " clients; server: "
+                + ", ".join(f"{stage} {ms:.1f}" for stage, ms in runs[0]["stages"].items())
+                + " ms (1 client)",
             ]
         )
     for r in results.get("worker", []):
@@ -135,12 +156,19 @@ def summary_rows(results: dict) -> list[list]:
     return rows
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--url", help="Measure this running site instead of starting one.")
     parser.add_argument("--only", default=",".join(PARTS))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", action="store_true", help="Print the summary as a Markdown table too.")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     results: dict = {"machine": machine()}
@@ -152,7 +180,9 @@ def main():
         print("Annoy query time and recall ...", flush=True)
         results["annoy"] = index_params.sweep(1000, trees=(settings.INDEX_TREES,), search_ks=(settings.INDEX_SEARCH_K,))
         print("Annoy builds ...", flush=True)
-        results["builds"] = index_params.builds([8_149, 45_000] if args.quick else [8_149, 45_000, 1_000_000], settings.INDEX_TREES)
+        results["builds"] = index_params.builds(
+            [8_149, 45_000] if args.quick else [8_149, 45_000, 1_000_000], settings.INDEX_TREES
+        )
     if "http" in parts:
         if not Product.objects.exists():
             print("HTTP: skipped, the database has no catalogue", flush=True)
@@ -167,9 +197,18 @@ def main():
     if "worker" in parts:
         print("Celery worker ...", flush=True)
         output = subprocess.run(
-            [sys.executable, str(Path(__file__).with_name("worker_throughput.py")), "--json", "--concurrency", "1",
-             "--images", "128" if args.quick else "256"],
-            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            [
+                sys.executable,
+                str(Path(__file__).with_name("worker_throughput.py")),
+                "--json",
+                "--concurrency",
+                "1",
+                "--images",
+                "128" if args.quick else "256",
+            ],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
         lines = [line for line in output.stdout.splitlines() if line.startswith("[")]
         results["worker"] = json.loads(lines[-1]) if lines else []
@@ -178,6 +217,8 @@ def main():
 
     print(f"\nSummary; all figures from {results['machine']}")
     print_table(["area", "what", "figure", "detail"], summary_rows(results), numeric=False)
+    if args.markdown:
+        print(markdown_table(["area", "what", "figure", "detail"], summary_rows(results)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -61,9 +61,27 @@ def run(concurrency: int, per_task: int, image_ids: list[int]) -> dict:
         "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or "worker-benchmark-" + "x" * 40,
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "fashionsite", "worker", "-Q", "embeddings", "-c", str(concurrency),
-         "-l", "warning", "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "fashionsite",
+            "worker",
+            "-Q",
+            "embeddings",
+            "-c",
+            str(concurrency),
+            "-l",
+            "warning",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     process = psutil.Process(worker.pid)
     try:
@@ -75,7 +93,7 @@ def run(concurrency: int, per_task: int, image_ids: list[int]) -> dict:
         while ImageEmbedding.objects.count() < len(warm):
             peak = max(peak, worker_rss(process))
             time.sleep(0.2)
-        rest = image_ids[len(warm):]
+        rest = image_ids[len(warm) :]
         started = time.monotonic()
         for start in range(0, len(rest), per_task):
             queue_embeddings(rest[start : start + per_task])
@@ -110,9 +128,25 @@ def main():
     results = [run(concurrency, per_task, image_ids) for concurrency in args.concurrency for per_task in (1, 32)]
     print(f"\nOne Celery worker embedding {len(image_ids)} catalogue images with efficientnet_lite2; {machine()}")
     print_table(
-        ["concurrency", "images per task", "images/s", "worker RSS MB (all processes)", "peak MB", "per pool process MB"],
-        [[r["concurrency"], r["per_task"], f"{r['images_per_second']:.1f}", f"{r['worker_rss_mb']:.0f}",
-          f"{r['peak_rss_mb']:.0f}", f"{r['child_rss_mb']:.0f}"] for r in results],
+        [
+            "concurrency",
+            "images per task",
+            "images/s",
+            "worker RSS MB (all processes)",
+            "peak MB",
+            "per pool process MB",
+        ],
+        [
+            [
+                r["concurrency"],
+                r["per_task"],
+                f"{r['images_per_second']:.1f}",
+                f"{r['worker_rss_mb']:.0f}",
+                f"{r['peak_rss_mb']:.0f}",
+                f"{r['child_rss_mb']:.0f}",
+            ]
+            for r in results
+        ],
     )
     if args.json:
         print(json.dumps(results))

@@ -56,7 +56,9 @@ def colour_name(pixels: np.ndarray) -> str:
     return "Black" if level < 80 else "Grey" if level < 170 else "White"
 
 
-def fashion_mnist_rows(folder: Path = DEFAULT_FOLDER, count: int = 1000, split: str = "t10k") -> Iterator[SourceRow | RowProblem]:
+def fashion_mnist_rows(
+    folder: Path = DEFAULT_FOLDER, count: int = 1000, split: str = "t10k"
+) -> Iterator[SourceRow | RowProblem]:
     images = read_idx(folder / f"{split}-images-idx3-ubyte.gz")
     labels = read_idx(folder / f"{split}-labels-idx1-ubyte.gz")
     for index in range(min(count, len(images))):

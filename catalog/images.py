@@ -120,9 +120,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         if peak > 255:
             pixels = pixels * (255.0 / (65535.0 if peak <= 65535 else peak))
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
-    has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (
-        image.mode == "P" and "transparency" in image.info
-    )
+    has_alpha = image.mode in ("RGBA", "RGBa", "LA", "La", "PA") or (image.mode == "P" and "transparency" in image.info)
     if has_alpha:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, WHITE + (255,))

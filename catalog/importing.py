@@ -90,7 +90,9 @@ def import_products(
                     report.problems.append(row)
                     on_row()
                 elif row.sku in seen_skus:
-                    report.problems.append(RowProblem(row.line, f"duplicate id {row.sku!r}, first on line {seen_skus[row.sku]}"))
+                    report.problems.append(
+                        RowProblem(row.line, f"duplicate id {row.sku!r}, first on line {seen_skus[row.sku]}")
+                    )
                     on_row()
                 else:
                     seen_skus[row.sku] = row.line
@@ -115,8 +117,7 @@ def _normalised_image_or_problem(row: SourceRow) -> NormalisedImage | str:
 
 def _write_batch(rows: list[SourceRow], images: list, report: ImportReport, on_row: Callable[[], None]) -> None:
     existing = {
-        product.sku: product
-        for product in Product.objects.filter(sku__in=[row.sku for row in rows]).with_images()
+        product.sku: product for product in Product.objects.filter(sku__in=[row.sku for row in rows]).with_images()
     }
     with transaction.atomic():
         for row, image in zip(rows, images):

@@ -26,7 +26,9 @@ class ProductQuerySet(models.QuerySet):
 
     def search(self, text: str):
         """Like `matching`, best matches first."""
-        return self.matching(text).annotate(rank=SearchRank(F("search_document"), _keywords(text))).order_by("-rank", "pk")
+        return (
+            self.matching(text).annotate(rank=SearchRank(F("search_document"), _keywords(text))).order_by("-rank", "pk")
+        )
 
 
 def _keywords(text: str) -> SearchQuery:

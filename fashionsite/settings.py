@@ -171,7 +171,7 @@ SIMILAR_ITEMS_CACHE_SECONDS = env_int("SIMILAR_ITEMS_CACHE_SECONDS", 120)
 # Where the Annoy index versions live, and how they are built and searched.
 INDEX_DIR = Path(env_str("INDEX_DIR", str(DATA_DIR / "index")))
 INDEX_TREES = env_int("INDEX_TREES", 25)
-INDEX_SEARCH_K = env_int("INDEX_SEARCH_K", 20000)  # at least; never below n_trees × candidates
+INDEX_SEARCH_K = env_int("INDEX_SEARCH_K", 40000)  # at least; never below n_trees × candidates
 INDEX_KEEP_VERSIONS = env_int("INDEX_KEEP_VERSIONS", 2)
 
 # Celery, with Redis as broker and result backend.

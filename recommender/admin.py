@@ -24,7 +24,9 @@ class ImageEmbeddingAdmin(admin.ModelAdmin):
 
     @admin.display(description="Photo")
     def thumbnail(self, obj: ImageEmbedding):
-        return format_html('<img src="{}" alt="" style="width:40px;height:40px;object-fit:contain">', obj.image.image.url)
+        return format_html(
+            '<img src="{}" alt="" style="width:40px;height:40px;object-fit:contain">', obj.image.image.url
+        )
 
     @admin.display(description="Product", ordering="image__product__name")
     def product(self, obj: ImageEmbedding):
@@ -41,11 +43,17 @@ class ImageEmbeddingAdmin(admin.ModelAdmin):
         if queued:
             self.message_user(request, f"{count} images queued for embedding.", messages.SUCCESS)
         else:
-            self.message_user(request, f"The task queue is unreachable; the sweep will embed the {count} images once it is back.", messages.WARNING)
+            self.message_user(
+                request,
+                f"The task queue is unreachable; the sweep will embed the {count} images once it is back.",
+                messages.WARNING,
+            )
 
     def get_urls(self):
         return [
-            path("rebuild-index/", self.admin_site.admin_view(self.rebuild_index_view), name="recommender_rebuild_index"),
+            path(
+                "rebuild-index/", self.admin_site.admin_view(self.rebuild_index_view), name="recommender_rebuild_index"
+            ),
             *super().get_urls(),
         ]
 
@@ -55,9 +63,13 @@ class ImageEmbeddingAdmin(admin.ModelAdmin):
         backbone = request.POST.get("backbone") or None
         try:
             rebuild_index.apply_async(kwargs={"backbone": backbone, "force": True})
-            self.message_user(request, "Index rebuild queued; the new version is used as soon as it is complete.", messages.SUCCESS)
+            self.message_user(
+                request, "Index rebuild queued; the new version is used as soon as it is complete.", messages.SUCCESS
+            )
         except Exception as exc:
-            self.message_user(request, f"The task queue is unreachable ({exc}); run manage.py build_index.", messages.ERROR)
+            self.message_user(
+                request, f"The task queue is unreachable ({exc}); run manage.py build_index.", messages.ERROR
+            )
         return HttpResponseRedirect(reverse("admin:recommender_imageembedding_changelist"))
 
     def changelist_view(self, request, extra_context=None):

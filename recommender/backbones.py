@@ -120,7 +120,11 @@ def resnet50_weights() -> Path:
     import keras
 
     try:
-        return Path(keras.utils.get_file(RESNET50_WEIGHTS_FILE, RESNET50_WEIGHTS_URL, cache_subdir="models", file_hash=RESNET50_WEIGHTS_MD5))
+        return Path(
+            keras.utils.get_file(
+                RESNET50_WEIGHTS_FILE, RESNET50_WEIGHTS_URL, cache_subdir="models", file_hash=RESNET50_WEIGHTS_MD5
+            )
+        )
     except Exception as exc:
         raise WeightsNotFound(f"The resnet50 weights could not be downloaded ({exc}). {where}") from exc
 

@@ -65,7 +65,9 @@ def scaled_stages(variant: Variant) -> list[Stage]:
     for index, stage in enumerate(BASE_STAGES):
         fixed = index in (0, len(BASE_STAGES) - 1)  # Lite keeps the first and last stage's depth
         repeats = stage.repeats if fixed else int(math.ceil(variant.depth * stage.repeats))
-        stages.append(Stage(stage.kernel, repeats, round_filters(stage.filters, variant.width), stage.expand_ratio, stage.stride))
+        stages.append(
+            Stage(stage.kernel, repeats, round_filters(stage.filters, variant.width), stage.expand_ratio, stage.stride)
+        )
     return stages
 
 
@@ -93,7 +95,9 @@ def build(name: str):
             prefix = f"block{block}"
             if stage.expand_ratio != 1:
                 x = conv_bn(x, channels * stage.expand_ratio, 1, 1, f"{prefix}_expand")
-            x = layers.DepthwiseConv2D(stage.kernel, stride, padding="same", use_bias=False, name=f"{prefix}_dw_conv")(x)
+            x = layers.DepthwiseConv2D(stage.kernel, stride, padding="same", use_bias=False, name=f"{prefix}_dw_conv")(
+                x
+            )
             x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, name=f"{prefix}_dw_bn")(x)
             x = layers.ReLU(6.0, name=f"{prefix}_dw_relu6")(x)
             x = conv_bn(x, stage.filters, 1, 1, f"{prefix}_project", activation=False)

@@ -56,7 +56,9 @@ def retrieval_scores(neighbours: np.ndarray, labels: np.ndarray) -> RetrievalSco
     average_precision = np.where(answerable, (cumulative * hits).sum(axis=1) / np.maximum(denominator, 1), np.nan)
     per_label_precision = [precision[inverse == index].mean() for index in range(len(unique))]
     per_label_ap = [
-        np.nanmean(average_precision[inverse == index]) for index in range(len(unique)) if answerable[inverse == index].any()
+        np.nanmean(average_precision[inverse == index])
+        for index in range(len(unique))
+        if answerable[inverse == index].any()
     ]
     return RetrievalScores(
         precision=float(precision.mean()),
@@ -152,22 +154,29 @@ def label_scores(neighbours: np.ndarray, labels: dict[str, np.ndarray]) -> dict[
     }
 
 
-def served_path_quality(data: CatalogueVectors, exact: np.ndarray, backbone: str, k: int, sample: int, seed: int = 0) -> dict:
+def served_path_quality(
+    data: CatalogueVectors, exact: np.ndarray, backbone: str, k: int, sample: int, seed: int = 0
+) -> dict:
     """Recall@k of what the site serves (index + re-rank, one per product) against exact search, and its latency."""
     from .search import nearest_products
 
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(data.product_ids), size=min(sample, len(data.product_ids)), replace=False)
-    hits, latencies = 0, []
+    hits, identical, latencies = 0, 0, []
     for row in picked:
         started = time.perf_counter()
-        served = nearest_products(data.query_vectors[row], k=k, backbone=backbone, exclude_product_id=int(data.product_ids[row]))
+        served = nearest_products(
+            data.query_vectors[row], k=k, backbone=backbone, exclude_product_id=int(data.product_ids[row])
+        )
         latencies.append(time.perf_counter() - started)
         truth = set(data.product_ids[exact[row, :k]].tolist())
-        hits += len(truth & {n.product.pk for n in served})
+        found = len(truth & {n.product.pk for n in served})
+        hits += found
+        identical += found == k
     return {
         "queries": len(picked),
         "recall": hits / (k * len(picked)),
+        "identical_top_k": identical / len(picked),  # share of queries whose whole top k is exact
         "latency_p50_ms": float(np.percentile(latencies, 50) * 1000),
         "latency_p95_ms": float(np.percentile(latencies, 95) * 1000),
     }
@@ -194,11 +203,11 @@ def raw_pixel_vectors(product_ids: np.ndarray) -> np.ndarray:
     """The 32×32-pixel floor, from each product's first image file."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from django.core.files.storage import default_storage
+
     from catalog.models import ProductImage
 
     from .preprocessing import read_image
-
-    from django.core.files.storage import default_storage
 
     paths = {}
     images = ProductImage.objects.filter(product_id__in=product_ids.tolist()).order_by("position", "pk")
@@ -222,7 +231,13 @@ def random_control(data: CatalogueVectors, seed: int = 0) -> CatalogueVectors:
 
 
 def evaluate_catalogue(
-    backbone: str, *, k: int = 5, sample: int = 1000, limit: int | None = None, baselines: bool = False, control: bool = False
+    backbone: str,
+    *,
+    k: int = 5,
+    sample: int = 1000,
+    limit: int | None = None,
+    baselines: bool = False,
+    control: bool = False,
 ) -> dict:
     """Everything `manage.py evaluate_recommender` reports, as one JSON-ready dict."""
     started = time.monotonic()

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -162,7 +161,14 @@ def build_index(backbone: str | None = None, *, n_trees: int | None = None, forc
         manifest = _write_version(backbone, n_trees, (count, latest))
         _switch(backbone, manifest.version)
         _remove_old_versions(backbone)
-        logger.info("Index %s/%s: %d items, %d trees, %.1fs", backbone, manifest.version, manifest.items, n_trees, manifest.build_seconds)
+        logger.info(
+            "Index %s/%s: %d items, %d trees, %.1fs",
+            backbone,
+            manifest.version,
+            manifest.items,
+            n_trees,
+            manifest.build_seconds,
+        )
         return BuildResult(manifest, "built")
 
 
@@ -309,7 +315,12 @@ class IndexReader:
                 logger.info("Using %s index %s (%d items)", self.backbone, target.name, len(self.loaded))
             except UnusableIndex as exc:
                 self._unusable = target
-                logger.error("Cannot use index %s (%s); %s", target, exc, "keeping the previous one" if self.loaded else "searching exactly")
+                logger.error(
+                    "Cannot use index %s (%s); %s",
+                    target,
+                    exc,
+                    "keeping the previous one" if self.loaded else "searching exactly",
+                )
             return self.loaded
 
 

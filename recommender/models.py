@@ -22,7 +22,9 @@ class ImageEmbedding(models.Model):
     computed_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["image", "backbone"], name="one_embedding_per_image_and_backbone")]
+        constraints = [
+            models.UniqueConstraint(fields=["image", "backbone"], name="one_embedding_per_image_and_backbone")
+        ]
         indexes = [models.Index(fields=["backbone", "computed_at"], name="embedding_backbone_time")]
 
     def __str__(self):

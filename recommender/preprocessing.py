@@ -21,7 +21,8 @@ def read_image(file: BinaryIO, size: int) -> Image.Image:
 
 
 def square_pixels(image: Image.Image, size: int, mode: SquareMode = DEFAULT_SQUARE_MODE) -> np.ndarray:
-    """`image` as a (size, size, 3) uint8 array: padded with white, centre-cropped, or trimmed to its content and padded."""
+    """`image` as a (size, size, 3) uint8 array: padded with white, centre-cropped, or trimmed to its
+    content and then padded."""
     if mode == "trim":
         image = _trim_background(image)
     width, height = image.size

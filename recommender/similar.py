@@ -42,7 +42,9 @@ def similar_products(product: Product, *, k: int = 5, gender: str = "", article_
     vector = _product_vector(product, backbone)
     if vector is None:
         return SimilarItems([], pending=True, seconds=time.monotonic() - started)
-    neighbours = nearest_products(vector, k=k, backbone=backbone, exclude_product_id=product.pk, gender=gender, article_type=article_type)
+    neighbours = nearest_products(
+        vector, k=k, backbone=backbone, exclude_product_id=product.pk, gender=gender, article_type=article_type
+    )
     _cache_set(key, [(n.product.pk, n.image.pk, n.score) for n in neighbours])
     return SimilarItems(neighbours, seconds=time.monotonic() - started)
 
@@ -63,7 +65,11 @@ def _product_vector(product: Product, backbone: str):
 
 def _neighbours_from_ids(rows: list[tuple[int, int, float]]) -> list[Neighbour]:
     images = ProductImage.objects.select_related("product").in_bulk([image_id for _, image_id, _ in rows])
-    return [Neighbour(images[image_id].product, images[image_id], score) for _, image_id, score in rows if image_id in images]
+    return [
+        Neighbour(images[image_id].product, images[image_id], score)
+        for _, image_id, score in rows
+        if image_id in images
+    ]
 
 
 def _cache_get(key: str):

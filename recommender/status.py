@@ -45,7 +45,9 @@ def recommender_status() -> list[BackboneStatus]:
                 failed=counts.get((name, ImageEmbedding.Status.FAILED), 0),
                 pending=images_missing_embeddings(name).count(),
                 index=current_manifest(name),
-                index_bytes=sum(p.stat().st_size for p in directory.iterdir()) if directory and directory.is_dir() else 0,
+                index_bytes=sum(p.stat().st_size for p in directory.iterdir())
+                if directory and directory.is_dir()
+                else 0,
             )
         )
     return statuses

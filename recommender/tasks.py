@@ -76,5 +76,3 @@ def rebuild_index(backbone: str | None = None, force: bool = False) -> str:
     """Rebuild the Annoy index when embeddings changed since the last build (or always, with force)."""
     result = build_index(backbone, force=force)
     return result.reason
-
-

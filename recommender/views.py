@@ -6,7 +6,7 @@ import uuid
 
 from django.conf import settings
 from django.http import JsonResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -70,7 +70,12 @@ def visual_search(request):
         return render(request, "recommender/visual_search.html", {"form": form}, status=400)
     decoded = time.monotonic()
     photo = form.cleaned_data["image"].image
-    result = search_by_photo(photo, k=form.cleaned_data["k"], gender=form.cleaned_data["gender"], article_type=form.cleaned_data["article_type"])
+    result = search_by_photo(
+        photo,
+        k=form.cleaned_data["k"],
+        gender=form.cleaned_data["gender"],
+        article_type=form.cleaned_data["article_type"],
+    )
     _keep_upload_if_configured(photo)
     context = {"form": form, "result": result, "query_thumbnail": _thumbnail_data_uri(photo)}
     response = render(request, "recommender/visual_search.html", context)
@@ -144,7 +149,9 @@ def api_similar(request, pk: int):
         body.update(status="pending", message="This product's photo has not been analysed yet.")
     else:
         body.update(status="ok")
-    return server_timing(JsonResponse({**body, "results": _results(request, similar.neighbours)}), {"similar": similar.seconds})
+    return server_timing(
+        JsonResponse({**body, "results": _results(request, similar.neighbours)}), {"similar": similar.seconds}
+    )
 
 
 @csrf_exempt  # read-only and cookie-free: a cross-site request can learn nothing from it
@@ -161,11 +168,15 @@ def api_search(request):
         return api_error(400, first["message"], first["code"], errors)
     decoded = time.monotonic()
     result = search_by_photo(
-        form.cleaned_data["image"].image, k=form.cleaned_data["k"],
-        gender=form.cleaned_data["gender"], article_type=form.cleaned_data["article_type"],
+        form.cleaned_data["image"].image,
+        k=form.cleaned_data["k"],
+        gender=form.cleaned_data["gender"],
+        article_type=form.cleaned_data["article_type"],
     )
     _keep_upload_if_configured(form.cleaned_data["image"].image)
-    response = JsonResponse({"backbone": get_backbone().name, "status": "ok", "results": _results(request, result.neighbours)})
+    response = JsonResponse(
+        {"backbone": get_backbone().name, "status": "ok", "results": _results(request, result.neighbours)}
+    )
     return server_timing(response, {"decode": decoded - started, **result.timings})
 
 

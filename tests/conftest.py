@@ -9,7 +9,6 @@ import pytest
 
 from tests.processes import CeleryWorker, RedisServer
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -99,7 +98,8 @@ def subprocess_env(settings):
         env.update(
             DJANGO_SETTINGS_MODULE="fashionsite.test_settings",
             DATABASE_URL=(
-                f"postgres://{database['USER']}:{database['PASSWORD'] or ''}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+                f"postgres://{database['USER']}:{database['PASSWORD'] or ''}"
+                f"@{database['HOST']}:{database['PORT']}/{database['NAME']}"
             ),
             DJANGO_MEDIA_ROOT=str(settings.MEDIA_ROOT),
             EMBEDDING_MODEL_DIR=str(settings.EMBEDDING_MODEL_DIR),

@@ -41,8 +41,19 @@ class RedisServer:
             self.client.shutdown(nosave=True)
             wait_until(lambda: not self.ping(), 10, "old Redis to stop")
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--save", "", "--appendonly", "yes"],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ],
             stdout=subprocess.DEVNULL,
         )
         wait_until(self.ping, 10, f"Redis on port {self.port}")
@@ -68,16 +79,36 @@ class CeleryWorker:
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "fashionsite", "worker", "-Q", self.queues, "-c", "1",
-             "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat",
-             "-n", f"test-{uuid.uuid4().hex[:8]}@%h"],
-            cwd=ROOT, env={**self.env, **extra_env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "fashionsite",
+                "worker",
+                "-Q",
+                self.queues,
+                "-c",
+                "1",
+                "-l",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"test-{uuid.uuid4().hex[:8]}@%h",
+            ],
+            cwd=ROOT,
+            env={**self.env, **extra_env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.wait_for_log("ready.", 60)
         return self
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[self.log_offset:] if self.log_path.exists() else ""
+        return self.log_path.read_text(errors="replace")[self.log_offset :] if self.log_path.exists() else ""
 
     def wait_for_log(self, text: str, timeout: float) -> None:
         def seen():

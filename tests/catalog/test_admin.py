@@ -45,7 +45,9 @@ def photo(fashion_dataset: Path, name: str = "shirt.jpg") -> SimpleUploadedFile:
 
 @pytest.mark.django_db
 def test_staff_add_a_product_with_a_photo(staff_client, fashion_dataset):
-    response = staff_client.post(reverse("admin:catalog_product_add"), add_product_form(photo(fashion_dataset, "../../evil name.jpg")))
+    response = staff_client.post(
+        reverse("admin:catalog_product_add"), add_product_form(photo(fashion_dataset, "../../evil name.jpg"))
+    )
 
     assert response.status_code == 302, response.context and response.context["adminform"].form.errors
     product = Product.objects.get(sku="NEW-001")
@@ -94,7 +96,9 @@ def test_oversized_and_bomb_uploads_are_refused(staff_client, settings):
 
 
 @pytest.mark.django_db
-def test_replacing_a_photo_in_admin_stores_the_new_one_and_removes_the_old(staff_client, fashion_dataset, django_capture_on_commit_callbacks):
+def test_replacing_a_photo_in_admin_stores_the_new_one_and_removes_the_old(
+    staff_client, fashion_dataset, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         staff_client.post(reverse("admin:catalog_product_add"), add_product_form(photo(fashion_dataset)))
     product = Product.objects.get()

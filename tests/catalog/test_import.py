@@ -76,7 +76,9 @@ def test_changed_row_and_changed_image_update_the_product(kaggle_folder, media_r
     write_rows(kaggle_folder, header, rows)
     old_image = ProductImage.objects.get(product__sku=rows[1][0])
     old_path = Path(old_image.image.path)
-    (kaggle_folder / "images" / f"{rows[1][0]}.jpg").write_bytes((fashion_dataset / "images" / "10020.jpg").read_bytes())
+    (kaggle_folder / "images" / f"{rows[1][0]}.jpg").write_bytes(
+        (fashion_dataset / "images" / "10020.jpg").read_bytes()
+    )
 
     out, _ = run_import(kaggle_folder)
 

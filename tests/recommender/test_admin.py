@@ -30,7 +30,13 @@ def embedded_with_one_failure(catalogue):
 def test_status_panel_counts_and_index(staff_client, embedded_with_one_failure):
     page = staff_client.get(CHANGELIST)
     [status] = page.context["recommender_status"]
-    assert (status.backbone, status.active, status.embedded, status.failed, status.pending) == ("efficientnet_lite2", True, 59, 1, 0)
+    assert (status.backbone, status.active, status.embedded, status.failed, status.pending) == (
+        "efficientnet_lite2",
+        True,
+        59,
+        1,
+        0,
+    )
     assert status.index is None
     assert b"no index yet: searches are exact" in page.content
 
@@ -52,9 +58,7 @@ def test_re_embed_action_queues_the_selected_images(staff_client, embedded_with_
     redis_server.flush()
     failed = ImageEmbedding.objects.get(status="failed")
 
-    response = staff_client.post(
-        CHANGELIST, {"action": "re_embed", "_selected_action": [failed.pk]}, follow=True
-    )
+    response = staff_client.post(CHANGELIST, {"action": "re_embed", "_selected_action": [failed.pk]}, follow=True)
 
     assert b"1 images queued for embedding" in response.content
     assert not ImageEmbedding.objects.filter(pk=failed.pk).exists()
@@ -64,7 +68,9 @@ def test_re_embed_action_queues_the_selected_images(staff_client, embedded_with_
 
 def test_rebuild_button_queues_a_forced_rebuild(staff_client, embedded_with_one_failure, redis_server):
     redis_server.flush()
-    response = staff_client.post(reverse("admin:recommender_rebuild_index"), {"backbone": "efficientnet_lite2"}, follow=True)
+    response = staff_client.post(
+        reverse("admin:recommender_rebuild_index"), {"backbone": "efficientnet_lite2"}, follow=True
+    )
 
     assert b"Index rebuild queued" in response.content
     [message] = redis_server.client.lrange("celery", 0, -1)

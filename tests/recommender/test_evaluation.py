@@ -55,7 +55,9 @@ def test_evaluate_recommender_on_the_shared_catalogue(shared_slice, tmp_path):
     out = StringIO()
     report_path = tmp_path / "evaluation.json"
 
-    call_command("evaluate_recommender", "--baselines", "--control", "--sample", "100", "--json", str(report_path), stdout=out)
+    call_command(
+        "evaluate_recommender", "--baselines", "--control", "--sample", "100", "--json", str(report_path), stdout=out
+    )
 
     report = json.loads(report_path.read_text())
     assert report["products"] == shared_slice

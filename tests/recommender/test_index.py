@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +56,9 @@ def test_a_new_embedding_is_found_before_the_next_build(embedded_catalogue, fash
     build_index(LITE2)
     product = ProductImage.objects.first().product
     new_image = ProductImage.objects.create(
-        product=product, position=5, image=ContentFile((fashion_dataset / "images" / "10020.jpg").read_bytes(), name="x.jpg")
+        product=product,
+        position=5,
+        image=ContentFile((fashion_dataset / "images" / "10020.jpg").read_bytes(), name="x.jpg"),
     )
     embed_images([new_image.pk], LITE2)
     assert index_is_stale(LITE2)
@@ -143,13 +144,25 @@ def test_two_web_processes_follow_a_rebuild_without_restarting(embedded_catalogu
             port = _free_port()
             servers.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "gunicorn", "fashionsite.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "1"],
-                    cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        sys.executable,
+                        "-m",
+                        "gunicorn",
+                        "fashionsite.wsgi",
+                        "--bind",
+                        f"127.0.0.1:{port}",
+                        "--workers",
+                        "1",
+                    ],
+                    cwd=ROOT,
+                    env=subprocess_env(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
             )
             ports.append(port)
         for port in ports:
-            assert wait_until(lambda: _status(port), 30, f"web process on {port}")["index_version"] == first
+            assert wait_until(lambda port=port: _status(port), 30, f"web process on {port}")["index_version"] == first
 
         second = build_index(LITE2, force=True).manifest.version
 

@@ -1,7 +1,5 @@
 from io import StringIO
-from pathlib import Path
 
-import numpy as np
 import pytest
 from django.core.management import CommandError, call_command
 

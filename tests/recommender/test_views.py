@@ -61,7 +61,11 @@ def test_one_card_per_product_and_never_another_photo_of_itself(client, indexed_
     product = Product.objects.get(sku="10007")
     neighbour = client.get(product.get_absolute_url()).context["similar"].neighbours[0].product
     for sku, owner in (("10007", product), (neighbour.sku, neighbour)):  # a near-duplicate second photo each
-        ProductImage.objects.create(product=owner, position=1, image=ContentFile((fashion_dataset / "images" / f"{sku}.jpg").read_bytes(), name="x.jpg"))
+        ProductImage.objects.create(
+            product=owner,
+            position=1,
+            image=ContentFile((fashion_dataset / "images" / f"{sku}.jpg").read_bytes(), name="x.jpg"),
+        )
     embed_catalogue("efficientnet_lite2")
 
     response = client.get(product.get_absolute_url())
@@ -79,7 +83,10 @@ def test_same_gender_and_same_type_options(client, indexed_catalogue):
     assert len(same_type) == 5 and all(n.product.article_type == article_type for n in same_type)
 
     both = client.get(product.get_absolute_url(), {"same_type": "1", "same_gender": "1"})
-    assert all(n.product.article_type == article_type and n.product.gender == product.gender for n in both.context["similar"].neighbours)
+    assert all(
+        n.product.article_type == article_type and n.product.gender == product.gender
+        for n in both.context["similar"].neighbours
+    )
     assert b'aria-current="true">Only ' in both.content
 
 
@@ -132,7 +139,9 @@ def test_search_page_has_an_upload_form(client, catalogue):
     assert reverse("recommender:visual-search").encode() in client.get("/").content, "linked from the header"
 
 
-def test_a_catalogue_photo_finds_its_own_product_first(client, indexed_catalogue, fashion_dataset, media_root, settings):
+def test_a_catalogue_photo_finds_its_own_product_first(
+    client, indexed_catalogue, fashion_dataset, media_root, settings
+):
     files_before = sorted(media_root.rglob("*"))
 
     response = client.post(SEARCH, {"image": photo_upload(fashion_dataset)})
@@ -154,7 +163,9 @@ def test_search_filters(client, indexed_catalogue, fashion_dataset):
     assert len(neighbours) == 5 and all(n.product.gender == gender for n in neighbours)
 
 
-def test_kept_uploads_go_to_a_private_folder(client, indexed_catalogue, fashion_dataset, settings, tmp_path, media_root):
+def test_kept_uploads_go_to_a_private_folder(
+    client, indexed_catalogue, fashion_dataset, settings, tmp_path, media_root
+):
     settings.VISUAL_SEARCH_KEEP_UPLOADS = True
     settings.VISUAL_SEARCH_UPLOAD_DIR = tmp_path / "private-uploads"
     client.post(SEARCH, {"image": photo_upload(fashion_dataset)})
@@ -183,7 +194,9 @@ UPLOAD_ERRORS = [
 
 
 @pytest.mark.parametrize(("name", "content", "code", "message"), UPLOAD_ERRORS)
-def test_bad_uploads_get_a_400_with_a_helpful_message(client, indexed_catalogue, fashion_dataset, name, content, code, message):
+def test_bad_uploads_get_a_400_with_a_helpful_message(
+    client, indexed_catalogue, fashion_dataset, name, content, code, message
+):
     upload = SimpleUploadedFile(name, content(fashion_dataset))
 
     page = client.post(SEARCH, {"image": upload})
@@ -232,8 +245,20 @@ def test_api_similar(client, indexed_catalogue):
     assert len(body["results"]) == 3
     first = body["results"][0]
     assert set(first) == {
-        "id", "sku", "name", "url", "gender", "master_category", "sub_category", "article_type",
-        "base_colour", "season", "year", "usage", "image_url", "score",
+        "id",
+        "sku",
+        "name",
+        "url",
+        "gender",
+        "master_category",
+        "sub_category",
+        "article_type",
+        "base_colour",
+        "season",
+        "year",
+        "usage",
+        "image_url",
+        "score",
     }
     assert first["image_url"].startswith("http://testserver/media/products/")
     assert [r["score"] for r in body["results"]] == sorted((r["score"] for r in body["results"]), reverse=True)
@@ -241,7 +266,11 @@ def test_api_similar(client, indexed_catalogue):
 
 def test_api_similar_errors_and_pending(client, catalogue):
     missing = client.get(reverse("recommender:api-similar", args=[987654]))
-    assert missing.status_code == 404 and missing.json()["error"] == {"status": 404, "code": "not_found", "message": "There is no product 987654."}
+    assert missing.status_code == 404 and missing.json()["error"] == {
+        "status": 404,
+        "code": "not_found",
+        "message": "There is no product 987654.",
+    }
 
     product = Product.objects.first()
     bad_k = client.get(reverse("recommender:api-similar", args=[product.pk]), {"k": "500"})

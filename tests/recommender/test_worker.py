@@ -29,7 +29,9 @@ def staff_client(client, django_user_model):
 
 
 def add_product_in_admin(client, fashion_dataset, sku="NEW-001", image="10020.jpg"):
-    upload = SimpleUploadedFile("photo.jpg", (fashion_dataset / "images" / image).read_bytes(), content_type="image/jpeg")
+    upload = SimpleUploadedFile(
+        "photo.jpg", (fashion_dataset / "images" / image).read_bytes(), content_type="image/jpeg"
+    )
     response = client.post(reverse("admin:catalog_product_add"), add_product_form(upload, sku=sku))
     assert response.status_code == 302, response.content[:2000]
     return ProductImage.objects.get(product__sku=sku)
@@ -39,7 +41,9 @@ def embedding_of(image: ProductImage) -> ImageEmbedding | None:
     return ImageEmbedding.objects.filter(image=image, backbone=LITE2).first()
 
 
-def test_an_image_added_in_admin_is_embedded_searchable_and_indexed(catalogue, celery_worker, staff_client, fashion_dataset):
+def test_an_image_added_in_admin_is_embedded_searchable_and_indexed(
+    catalogue, celery_worker, staff_client, fashion_dataset
+):
     embed_catalogue(LITE2)
     build_index(LITE2)
     celery_worker.start()

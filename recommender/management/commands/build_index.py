@@ -10,7 +10,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--backbone", choices=sorted(BACKBONES), help="Default: the EMBEDDING_BACKBONE setting.")
         parser.add_argument("--trees", type=int, help="Annoy n_trees (default: the INDEX_TREES setting).")
-        parser.add_argument("--if-stale", action="store_true", help="Only build when embeddings changed since the last build.")
+        parser.add_argument(
+            "--if-stale", action="store_true", help="Only build when embeddings changed since the last build."
+        )
 
     def handle(self, backbone, trees, if_stale, **options):
         result = build_index(backbone, n_trees=trees, force=not if_stale)

@@ -1,6 +1,6 @@
-from json import dumps
 import os
 import platform
+from json import dumps
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -21,8 +21,14 @@ class Command(BaseCommand):
         parser.add_argument("--k", type=int, default=5)
         parser.add_argument("--sample", type=int, default=1000, help="Queries for the served-path recall and latency.")
         parser.add_argument("--limit", type=int, help="Evaluate only the first N products.")
-        parser.add_argument("--baselines", action="store_true", help="Also raw 32×32 pixels and the original design's brute-force search.")
-        parser.add_argument("--control", action="store_true", help="Also random embeddings, which must score near chance.")
+        parser.add_argument(
+            "--baselines",
+            action="store_true",
+            help="Also raw 32×32 pixels and the original design's brute-force search.",
+        )
+        parser.add_argument(
+            "--control", action="store_true", help="Also random embeddings, which must score near chance."
+        )
         parser.add_argument("--json", type=Path, help="Write the full report here.")
 
     def handle(self, backbone, k, sample, limit, baselines, control, json: Path | None, **options):
@@ -46,7 +52,9 @@ class Command(BaseCommand):
             rows.append(("raw 32x32 pixels", report["raw_pixels"]))
         if "random_control" in report:
             rows.append(("random control", report["random_control"]))
-        header = f"{'':<18}{'label':<14}{f'P@{k}':>7}{f'mAP@{k}':>8}{f'macro P@{k}':>12}{f'macro mAP@{k}':>14}{'chance':>8}"
+        header = (
+            f"{'':<18}{'label':<14}{f'P@{k}':>7}{f'mAP@{k}':>8}{f'macro P@{k}':>12}{f'macro mAP@{k}':>14}{'chance':>8}"
+        )
         write(header)
         write("-" * len(header))
         for name, scores in rows:
@@ -58,7 +66,8 @@ class Command(BaseCommand):
                 )
         served = report["served_path"]
         write(
-            f"Served path (index + re-rank) vs exact: recall@{k} {served['recall']:.4f} over {served['queries']} queries; "
+            f"Served path (index + re-rank) vs exact: recall@{k} {served['recall']:.4f} "
+            f"over {served['queries']} queries (all {k} exact in {served['identical_top_k']:.1%}); "
             f"latency p50 {served['latency_p50_ms']:.2f} ms, p95 {served['latency_p95_ms']:.2f} ms"
         )
         if "brute_force_refit" in report:

@@ -32,5 +32,6 @@ class Command(BaseCommand):
         for rank, neighbour in enumerate(neighbours, start=1):
             product = neighbour.product
             self.stdout.write(
-                f"{rank:>4}  {neighbour.score:6.3f}  {product.pk:>7}  {product.sku:<12} {product.name} ({product.article_type})"
+                f"{rank:>4}  {neighbour.score:6.3f}  {product.pk:>7}  {product.sku:<12} "
+                f"{product.name} ({product.article_type})"
             )
