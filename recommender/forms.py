@@ -52,10 +52,12 @@ class SimilarFilterForm(forms.Form):
         return self.cleaned_data.get("k") or 5
 
 
-def upload_too_large(request) -> bool:
-    """Refuse oversized uploads from the Content-Length header, before Django reads the body."""
+def upload_too_large(request) -> str:
+    """Why an upload is refused from its Content-Length header alone, before Django reads the body."""
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return False
-    return length > settings.IMAGE_UPLOAD_MAX_BYTES + 64 * 1024  # room for the multipart envelope
+        return ""
+    if length <= settings.IMAGE_UPLOAD_MAX_BYTES + 64 * 1024:  # room for the multipart envelope
+        return ""
+    return f"The file is larger than the limit of {filesizeformat(settings.IMAGE_UPLOAD_MAX_BYTES)}."

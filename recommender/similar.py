@@ -2,12 +2,15 @@
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.core.cache import cache
+from django.utils import timezone
 from PIL import Image
 
+from catalog.images import upright_rgb
 from catalog.models import Product, ProductImage
 
 from .backbones import get_backbone
@@ -101,4 +104,13 @@ def search_by_photo(image: Image.Image, *, k: int = 5, gender: str = "", article
     vector = embed_uploaded_image(image)
     embedded = time.monotonic()
     neighbours = nearest_products(vector, k=k, gender=gender, article_type=article_type)
+    if settings.VISUAL_SEARCH_KEEP_UPLOADS:
+        _keep(image)
     return VisualSearchResult(neighbours, {"embed": embedded - started, "search": time.monotonic() - embedded})
+
+
+def _keep(image: Image.Image) -> None:
+    """Save a shopper's photo in the private upload folder (only when the site is set up to)."""
+    folder = settings.VISUAL_SEARCH_UPLOAD_DIR / timezone.now().strftime("%Y/%m/%d")
+    folder.mkdir(parents=True, exist_ok=True)
+    upright_rgb(image).save(folder / f"{uuid.uuid4().hex}.jpg", format="JPEG", quality=90)

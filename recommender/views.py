@@ -1,14 +1,10 @@
 import base64
 import io
-import logging
 import time
-import uuid
+from dataclasses import dataclass, field
 
-from django.conf import settings
 from django.http import JsonResponse
 from django.shortcuts import render
-from django.template.defaultfilters import filesizeformat
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from PIL import Image
@@ -20,9 +16,7 @@ from catalog.views import ProductDetailView
 from .backbones import get_backbone
 from .forms import SimilarFilterForm, VisualSearchForm, upload_too_large
 from .index import index_reader
-from .similar import search_by_photo, similar_products
-
-logger = logging.getLogger(__name__)
+from .similar import VisualSearchResult, search_by_photo, similar_products
 
 
 def server_timing(response, timings: dict[str, float]):
@@ -51,8 +45,32 @@ class ProductWithSimilarItemsView(ProductDetailView):
         return server_timing(super().render_to_response(context, **kwargs), {"similar": context["similar"].seconds})
 
 
-def _too_large_message() -> str:
-    return f"The file is larger than the limit of {filesizeformat(settings.IMAGE_UPLOAD_MAX_BYTES)}."
+@dataclass
+class PhotoSearch:
+    """One search-by-photo request, as the page and the API both handle it."""
+
+    form: VisualSearchForm
+    result: VisualSearchResult | None = None
+    too_large: str = ""  # refused from its Content-Length, unread
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def run(cls, request) -> "PhotoSearch":
+        too_large = upload_too_large(request)
+        if too_large:
+            return cls(VisualSearchForm(), too_large=too_large)
+        started = time.monotonic()
+        form = VisualSearchForm(request.POST, request.FILES)
+        if not form.is_valid():
+            return cls(form)
+        decoded = time.monotonic()
+        result = search_by_photo(
+            form.cleaned_data["image"].image,
+            k=form.cleaned_data["k"],
+            gender=form.cleaned_data["gender"],
+            article_type=form.cleaned_data["article_type"],
+        )
+        return cls(form, result, timings={"decode": decoded - started, **result.timings})
 
 
 @require_http_methods(["GET", "POST"])
@@ -60,26 +78,17 @@ def visual_search(request):
     """Upload a photo, see the five products that look most like it."""
     if request.method == "GET":
         return render(request, "recommender/visual_search.html", {"form": VisualSearchForm()})
-    if upload_too_large(request):
-        form = VisualSearchForm()
-        form.add_error(None, _too_large_message())
-        return render(request, "recommender/visual_search.html", {"form": form}, status=400)
-    started = time.monotonic()
-    form = VisualSearchForm(request.POST, request.FILES)
-    if not form.is_valid():
-        return render(request, "recommender/visual_search.html", {"form": form}, status=400)
-    decoded = time.monotonic()
-    photo = form.cleaned_data["image"].image
-    result = search_by_photo(
-        photo,
-        k=form.cleaned_data["k"],
-        gender=form.cleaned_data["gender"],
-        article_type=form.cleaned_data["article_type"],
-    )
-    _keep_upload_if_configured(photo)
-    context = {"form": form, "result": result, "query_thumbnail": _thumbnail_data_uri(photo)}
-    response = render(request, "recommender/visual_search.html", context)
-    return server_timing(response, {"decode": decoded - started, **result.timings})
+    search = PhotoSearch.run(request)
+    if search.result is None:
+        if search.too_large:
+            search.form.add_error(None, search.too_large)
+        return render(request, "recommender/visual_search.html", {"form": search.form}, status=400)
+    context = {
+        "form": search.form,
+        "result": search.result,
+        "query_thumbnail": _thumbnail_data_uri(search.form.cleaned_data["image"].image),
+    }
+    return server_timing(render(request, "recommender/visual_search.html", context), search.timings)
 
 
 def _thumbnail_data_uri(photo: Image.Image) -> str:
@@ -89,14 +98,6 @@ def _thumbnail_data_uri(photo: Image.Image) -> str:
     buffer = io.BytesIO()
     thumbnail.save(buffer, format="JPEG", quality=80)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _keep_upload_if_configured(photo: Image.Image) -> None:
-    if not settings.VISUAL_SEARCH_KEEP_UPLOADS:
-        return
-    folder = settings.VISUAL_SEARCH_UPLOAD_DIR / timezone.now().strftime("%Y/%m/%d")
-    folder.mkdir(parents=True, exist_ok=True)
-    upright_rgb(photo).save(folder / f"{uuid.uuid4().hex}.jpg", format="JPEG", quality=90)
 
 
 # --- JSON API -----------------------------------------------------------------------------------
@@ -158,26 +159,15 @@ def api_similar(request, pk: int):
 @require_POST
 def api_search(request):
     """POST /api/search (multipart: image, optional gender, article_type, k)."""
-    if upload_too_large(request):
-        return api_error(400, _too_large_message(), "too_large")
-    started = time.monotonic()
-    form = VisualSearchForm(request.POST, request.FILES)
-    if not form.is_valid():
-        errors = form.errors.get_json_data()
+    search = PhotoSearch.run(request)
+    if search.too_large:
+        return api_error(400, search.too_large, "too_large")
+    if search.result is None:
+        errors = search.form.errors.get_json_data()
         first = next(iter(errors.values()))[0]
         return api_error(400, first["message"], first["code"], errors)
-    decoded = time.monotonic()
-    result = search_by_photo(
-        form.cleaned_data["image"].image,
-        k=form.cleaned_data["k"],
-        gender=form.cleaned_data["gender"],
-        article_type=form.cleaned_data["article_type"],
-    )
-    _keep_upload_if_configured(form.cleaned_data["image"].image)
-    response = JsonResponse(
-        {"backbone": get_backbone().name, "status": "ok", "results": _results(request, result.neighbours)}
-    )
-    return server_timing(response, {"decode": decoded - started, **result.timings})
+    body = {"backbone": get_backbone().name, "status": "ok", "results": _results(request, search.result.neighbours)}
+    return server_timing(JsonResponse(body), search.timings)
 
 
 @require_GET
