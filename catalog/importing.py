@@ -24,17 +24,6 @@ from django.db import DatabaseError, transaction
 from .images import NormalisedImage, normalise_image
 from .models import Product, ProductImage
 
-PRODUCT_FIELDS = (
-    "name",
-    "gender",
-    "master_category",
-    "sub_category",
-    "article_type",
-    "base_colour",
-    "season",
-    "year",
-    "usage",
-)
 SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -42,7 +31,7 @@ SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 class SourceRow:
     line: int  # where the row came from, for the report
     sku: str
-    fields: dict[str, object]  # values for PRODUCT_FIELDS
+    fields: dict[str, object]  # Product field values: name, gender, article_type, year...
     open_image: Callable[[], BinaryIO]
 
 
