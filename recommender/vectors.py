@@ -70,8 +70,3 @@ def embedding_matrix(backbone: str) -> EmbeddingMatrix:
         if cached is None or cached.stamp != stamp:
             cached = _matrices[backbone] = load_embedding_matrix(backbone, stamp)
         return cached
-
-
-def stored_vector(image_id: int, backbone: str) -> np.ndarray | None:
-    vector = done_embeddings(backbone).filter(image_id=image_id).values_list("vector", flat=True).first()
-    return None if vector is None else np.frombuffer(vector, dtype=np.float32)

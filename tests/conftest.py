@@ -142,3 +142,13 @@ def embedded_catalogue(catalogue):
     report = embed_catalogue("efficientnet_lite2")
     assert report.embedded == 60
     return report
+
+
+def stored_vector(image_id: int, backbone: str = "efficientnet_lite2"):
+    """The stored embedding of one image, as a numpy vector (None when there is none)."""
+    import numpy as np
+
+    from recommender.vectors import done_embeddings
+
+    vector = done_embeddings(backbone).filter(image_id=image_id).values_list("vector", flat=True).first()
+    return None if vector is None else np.frombuffer(vector, dtype=np.float32)

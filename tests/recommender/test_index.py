@@ -11,8 +11,8 @@ from catalog.models import ProductImage
 from recommender import index as index_module
 from recommender.index import IndexReader, build_index, current_manifest, current_version_dir, index_is_stale
 from recommender.search import candidate_images, nearest_products
-from recommender.vectors import embedding_matrix, stored_vector
-from tests.conftest import ROOT
+from recommender.vectors import embedding_matrix
+from tests.conftest import ROOT, stored_vector
 from tests.processes import wait_until
 
 LITE2 = "efficientnet_lite2"

@@ -6,7 +6,7 @@ from django.core.management import CommandError, call_command
 from catalog.models import Product, ProductImage
 from recommender.preprocessing import square_pixels
 from recommender.search import nearest_products
-from recommender.vectors import stored_vector
+from tests.conftest import stored_vector
 
 pytestmark = pytest.mark.django_db
 

@@ -14,8 +14,8 @@ from recommender.index import build_index, current_version_dir
 from recommender.models import ImageEmbedding
 from recommender.search import candidate_images, nearest_products
 from recommender.tasks import queue_embeddings, sweep_missing_embeddings
-from recommender.vectors import stored_vector
 from tests.catalog.test_admin import add_product_form
+from tests.conftest import stored_vector
 from tests.processes import wait_until
 
 LITE2 = "efficientnet_lite2"
