@@ -10,8 +10,6 @@ queued one per task (as uploads are) and 32 per task (as the sweep does).
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,6 +38,7 @@ from catalog.models import ProductImage  # noqa: E402
 from fashionsite.celery import app  # noqa: E402
 from recommender.models import ImageEmbedding  # noqa: E402
 from recommender.tasks import queue_embeddings  # noqa: E402
+from tests.processes import CeleryWorker  # noqa: E402
 
 
 def worker_rss(process: psutil.Process) -> int:
@@ -60,30 +59,8 @@ def run(concurrency: int, per_task: int, image_ids: list[int]) -> dict:
         "DJANGO_HTTPS": "0",
         "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY") or "worker-benchmark-" + "x" * 40,
     }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "fashionsite",
-            "worker",
-            "-Q",
-            "embeddings",
-            "-c",
-            str(concurrency),
-            "-l",
-            "warning",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    process = psutil.Process(worker.pid)
+    worker = CeleryWorker(env, scratch / "worker.log", queues="embeddings", concurrency=concurrency).start()
+    process = psutil.Process(worker.process.pid)
     try:
         # Warm the pool (TensorFlow and the model load in each child), then time the real work.
         warm = image_ids[: concurrency * 2]
@@ -112,8 +89,7 @@ def run(concurrency: int, per_task: int, image_ids: list[int]) -> dict:
             "child_rss_mb": max(per_child) / 2**20 if per_child else 0,
         }
     finally:
-        worker.terminate()
-        worker.wait(60)
+        worker.stop()
 
 
 def main():

@@ -5,6 +5,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
@@ -54,8 +55,6 @@ def similar_products(product: Product, *, k: int = 5, gender: str = "", article_
 
 def _product_vector(product: Product, backbone: str):
     """The embedding of the product's first embedded image, in display order."""
-    import numpy as np
-
     vector = (
         done_embeddings(backbone)
         .filter(image__product=product)

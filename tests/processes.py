@@ -69,10 +69,11 @@ class RedisServer:
 
 
 class CeleryWorker:
-    """`celery worker` in its own process group, logging to a file the test can read."""
+    """`celery worker` in its own process group, logging to a file the caller can read
+    (used by the tests and by benchmarks/worker_throughput.py)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "embeddings,celery"):
-        self.env, self.log_path, self.queues = env, log_path, queues
+    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "embeddings,celery", concurrency: int = 1):
+        self.env, self.log_path, self.queues, self.concurrency = env, log_path, queues, concurrency
         self.process: subprocess.Popen | None = None
 
     def start(self, **extra_env: str) -> "CeleryWorker":
@@ -89,7 +90,7 @@ class CeleryWorker:
                 "-Q",
                 self.queues,
                 "-c",
-                "1",
+                str(self.concurrency),
                 "-l",
                 "info",
                 "--without-gossip",
