@@ -18,21 +18,21 @@ import numpy as np
 import psutil
 from common import dataset_items, machine, print_table
 
-from recommender.backbones import WeightsNotFound, get_backbone
-from recommender.preprocessing import load_pixels
+from recommender.encoding.backbones import WeightsNotFound, get_backbone
+from recommender.encoding.preprocessing import file_pixels
 
 BACKBONES = "efficientnet_lite2,efficientnet_lite0,resnet50"
 
 
 def measure(backbone_name: str, count: int) -> dict:
-    from recommender.embedding import get_embedder
+    from recommender.encoding.embedder import get_embedder
 
     paths = [item["path"] for item in dataset_items(count)]
     backbone = get_backbone(backbone_name)
     started = time.monotonic()
     note = ""
     try:
-        embedder = get_embedder(backbone.name)
+        embedder = get_embedder(backbone)
     except WeightsNotFound:
         if backbone_name != "resnet50":
             raise
@@ -44,7 +44,7 @@ def measure(backbone_name: str, count: int) -> dict:
 
     def pixels(path):
         with open(path, "rb") as file:
-            return load_pixels(file, size)
+            return file_pixels(file, size)
 
     embedder.embed_pixels(np.stack([pixels(p) for p in paths[:2]]))  # warm-up: traces the graph
     result = {"backbone": backbone_name, "load_seconds": load_seconds, "images": len(paths), "note": note}
@@ -83,7 +83,7 @@ def _resnet50_with_generated_weights():
     import keras
     from django.conf import settings
 
-    from recommender.embedding import Embedder
+    from recommender.encoding.embedder import Embedder
 
     path = Path(tempfile.mkdtemp()) / "resnet50-generated.weights.h5"
     keras.applications.ResNet50(include_top=False, weights=None, pooling="max", input_shape=(224, 224, 3)).save_weights(

@@ -22,7 +22,7 @@ import numpy as np
 from annoy import AnnoyIndex
 from common import RESULTS_DIR, dataset_items, machine, print_table
 
-from recommender.preprocessing import DEFAULT_SQUARE_MODE
+from recommender.encoding.preprocessing import DEFAULT_SQUARE_MODE
 
 BACKBONE = "efficientnet_lite2"
 CANDIDATES = 40  # k × CANDIDATES_PER_RESULT in recommender/search.py

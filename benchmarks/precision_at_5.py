@@ -13,22 +13,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from common import RESULTS_DIR, dataset_items, machine, print_table
 
-from recommender.backbones import WeightsNotFound, get_backbone
-from recommender.embedding import get_embedder
-from recommender.evaluation import leave_one_out_neighbours, raw_pixel_vector, retrieval_scores
-from recommender.preprocessing import load_pixels, read_image
+from recommender.encoding.backbones import WeightsNotFound, get_backbone
+from recommender.encoding.embedder import get_embedder
+from recommender.encoding.preprocessing import file_pixels, read_image
+from recommender.evaluation.metrics import leave_one_out_neighbours, raw_pixel_vector, retrieval_scores
 
 
 def embed_files(paths, backbone_name: str, mode: str, batch_size: int = 32) -> np.ndarray:
     cache = RESULTS_DIR / f"{backbone_name}-{mode}-{len(paths)}.npy"
     if cache.is_file():
         return np.load(cache)
-    embedder = get_embedder(backbone_name)
+    embedder = get_embedder(get_backbone(backbone_name))
     size = embedder.backbone.input_size
 
     def pixels(path):
         with open(path, "rb") as file:
-            return load_pixels(file, size, mode)
+            return file_pixels(file, size, mode)
 
     vectors = []
     started = time.monotonic()
@@ -80,7 +80,7 @@ def main():
     score("raw 32x32 pixels", "-", raw_pixels(paths))
     for name in args.backbones.split(","):
         try:
-            get_embedder(get_backbone(name).name)
+            get_embedder(get_backbone(name))
         except WeightsNotFound as exc:
             rows.append([name, "-", "n/a", "n/a", f"weights not on this machine ({exc.__class__.__name__})"])
             continue

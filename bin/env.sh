@@ -16,7 +16,21 @@ fi
 REDIS_PORT="${REDIS_PORT:-63799}"
 REDIS_DIR="$RUN_DIR/redis"
 
-export DATABASE_URL="${DATABASE_URL:-postgres://fashionsite@127.0.0.1:$PG_PORT/fashionsite}"
+PG_PASSWORD_FILE="$RUN_DIR/db_password"
+
+# A new URL-safe secret of $2 random bytes in file $1, only its owner can read, unless it holds one.
+ensure_secret() {
+  mkdir -p "$(dirname "$1")"
+  [[ -s "$1" ]] || (umask 077 && head -c "$2" /dev/urandom | base64 -w0 | tr '+/' '-_' | tr -d '=' >"$1")
+  chmod 600 "$1"
+}
+
+# The app's role logs in with a password (bin/services gives the role the one in this file).
+if [[ -z "${DATABASE_URL:-}" ]]; then
+  ensure_secret "$PG_PASSWORD_FILE" 24
+  DATABASE_URL="postgres://fashionsite:$(<"$PG_PASSWORD_FILE")@127.0.0.1:$PG_PORT/fashionsite"
+fi
+export DATABASE_URL
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}"
 export PATH="$VENV/bin:$PATH"
 

@@ -45,6 +45,14 @@ class ProductAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).with_images()
 
+    def changelist_view(self, request, extra_context=None):
+        # PostgreSQL refuses NUL in text: drop it from the search and filter values before the changelist reads them.
+        params = request.GET.copy()
+        for name, values in params.lists():
+            params.setlist(name, [value.replace("\x00", "") for value in values])
+        request.GET = params
+        return super().changelist_view(request, extra_context)
+
     @admin.display(description="Photo")
     def thumbnail(self, obj: Product):
         return _image_tag(obj.primary_image, 48)

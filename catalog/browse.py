@@ -47,8 +47,12 @@ class BrowseQuery:
 
     @classmethod
     def from_params(cls, params) -> "BrowseQuery":
-        filters = {facet.param: params.get(facet.param, "").strip() for facet in FACETS}
-        return cls(filters={name: value for name, value in filters.items() if value}, text=params.get("q", "").strip())
+        def read(name: str) -> str:
+            # PostgreSQL refuses NUL in text, and no product value contains one.
+            return params.get(name, "").replace("\x00", "").strip()
+
+        filters = {facet.param: read(facet.param) for facet in FACETS}
+        return cls(filters={name: value for name, value in filters.items() if value}, text=read("q"))
 
     def products(self) -> QuerySet:
         """The matching products in display order: best keyword match first, else catalogue order."""

@@ -1,14 +1,14 @@
 """Form and model fields for image uploads; the admin, the site's forms and the API all use these."""
 
 from django import forms
-from django.core.files.base import ContentFile
 from django.db import models
 
-from .images import normalise_image, open_image
+from .images import normalise_image, open_image, upright_rgb
 
 
 class ImageUploadField(forms.FileField):
-    """A file that must decode as a supported image; the cleaned file carries the decoded `.image`."""
+    """A file that must decode as a supported image; the cleaned file carries it decoded, upright and
+    in RGB, as `.image`."""
 
     widget = forms.ClearableFileInput(attrs={"accept": "image/*"})
 
@@ -20,7 +20,7 @@ class ImageUploadField(forms.FileField):
         upload = super().to_python(data)
         if upload is None:
             return None
-        upload.image = open_image(upload, draft_size=self.draft_size)
+        upload.image = upright_rgb(open_image(upload, draft_size=self.draft_size))
         return upload
 
 
@@ -33,8 +33,7 @@ class ProductImageUploadField(forms.FileField):
         upload = super().to_python(data)
         if upload is None:
             return None
-        normalised = normalise_image(upload)
-        return ContentFile(normalised.content, name=f"upload.{normalised.extension}")
+        return normalise_image(upload).as_file("upload")
 
 
 class ProductImageField(models.ImageField):

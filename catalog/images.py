@@ -15,6 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
 from django.template.defaultfilters import filesizeformat
 from PIL import Image, ImageOps
 
@@ -30,6 +31,12 @@ class NormalisedImage:
     height: int
     checksum: str
     extension: str = "jpg"
+
+    def as_file(self, stem: str) -> ContentFile:
+        """The content as a file to assign to an image field; it carries its checksum along."""
+        file = ContentFile(self.content, name=f"{stem}.{self.extension}")
+        file.checksum = self.checksum
+        return file
 
 
 def _size_of(file: BinaryIO) -> int:

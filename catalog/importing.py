@@ -8,7 +8,9 @@ only rewritten when a field or the image differs.
 """
 
 import csv
+import os
 import re
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
 from django.db import DatabaseError, transaction
 
 from .images import NormalisedImage, normalise_image
@@ -143,7 +144,7 @@ def _upsert(row: SourceRow, image: NormalisedImage, product: Product | None) -> 
     primary = product.primary_image if outcome != "created" else None
     if primary is None or primary.checksum != image.checksum:
         primary = primary or ProductImage(product=product, position=0)
-        primary.image = ContentFile(image.content, name=f"{row.sku}.{image.extension}")
+        primary.image = image.as_file(row.sku)
         primary.save()
         outcome = "created" if outcome == "created" else "updated"
     return outcome
@@ -174,18 +175,25 @@ KAGGLE_COLUMNS = {
 def kaggle_rows(folder: Path, limit: int | None = None) -> Iterator[SourceRow | RowProblem]:
     """Rows of `folder`/styles.csv with their images in `folder`/images/<id>.jpg."""
     styles = folder / "styles.csv"
-    with styles.open(newline="", encoding="utf-8-sig") as handle:
+    # Undecodable bytes become lone surrogates, so that only their own row is rejected (by _kaggle_row).
+    with styles.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         missing = set(KAGGLE_COLUMNS) - set(header or [])
         if missing:
             raise ValueError(f"{styles} lacks the columns {', '.join(sorted(missing))}")
-        next_line = reader.line_num + 1
-        for count, values in enumerate(reader):
-            if limit is not None and count >= limit:
+        count = 0
+        while limit is None or count < limit:
+            line = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
                 return
-            line, next_line = next_line, reader.line_num + 1
-            yield _kaggle_row(folder, header, values, line)
+            except csv.Error as exc:  # the reader carries on with the next line
+                yield RowProblem(line, f"cannot be read as CSV: {exc}")
+            else:
+                yield _kaggle_row(folder, header, values, line)
+            count += 1
 
 
 def _kaggle_row(folder: Path, header: list[str], values: list[str], line: int) -> SourceRow | RowProblem:
@@ -194,6 +202,10 @@ def _kaggle_row(folder: Path, header: list[str], values: list[str], line: int) -
         values = values[: len(header) - 1] + [",".join(values[len(header) - 1 :])]
     if len(values) != len(header):
         return RowProblem(line, f"expected {len(header)} columns, found {len(values)}")
+    try:
+        "".join(values).encode()
+    except UnicodeEncodeError:
+        return RowProblem(line, "the line is not valid UTF-8")
     record = {KAGGLE_COLUMNS[name]: value.strip() for name, value in zip(header, values) if name in KAGGLE_COLUMNS}
     sku = record.pop("sku")
     if not SKU_PATTERN.match(sku):
@@ -204,5 +216,18 @@ def _kaggle_row(folder: Path, header: list[str], values: list[str], line: int) -
     if year and not (year.isdigit() and 1900 <= int(year) <= 2100):
         return RowProblem(line, f"year {year!r} is not a year")
     record["year"] = int(year) if year else None
-    image_path = folder / "images" / f"{sku}.jpg"
-    return SourceRow(line=line, sku=sku, fields=record, open_image=lambda: image_path.open("rb"))
+    return SourceRow(line=line, sku=sku, fields=record, open_image=lambda: _open_image(folder / "images", f"{sku}.jpg"))
+
+
+def _open_image(images: Path, name: str) -> BinaryIO:
+    """Open images/`name` only if it is a regular file inside `images`: a link must not publish a file from
+    elsewhere, and a FIFO or device would block the import."""
+    path = images / name
+    target = path.resolve()
+    if not target.is_relative_to(images.resolve()):
+        raise OSError(f"{path} links to a file outside {images}")
+    file = open(os.open(target, os.O_RDONLY | os.O_NONBLOCK), "rb")  # O_NONBLOCK: opening a FIFO does not wait
+    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+        file.close()
+        raise OSError(f"{path} is not a regular file")
+    return file

@@ -36,6 +36,10 @@ def _keywords(text: str) -> SearchQuery:
     return SearchQuery(text, config="english", search_type="websearch")
 
 
+def product_slug(name: str) -> str:
+    return slugify(name)[:255] or "product"
+
+
 class Product(models.Model):
     sku = models.CharField("SKU", max_length=64, unique=True, help_text="Stable external id, e.g. the supplier's.")
     name = models.CharField(max_length=255)
@@ -73,7 +77,7 @@ class Product(models.Model):
         return self.name
 
     def save(self, *args, **kwargs):
-        self.slug = slugify(self.name)[:255] or "product"
+        self.slug = product_slug(self.name)
         super().save(*args, **kwargs)
 
     def get_absolute_url(self):
@@ -91,6 +95,11 @@ def product_image_path(instance, filename):
     extension = filename.rsplit(".", 1)[-1].lower()
     name = uuid.uuid4().hex
     return f"products/{name[:2]}/{name}.{extension}"
+
+
+def _sha256(file) -> str:
+    file.seek(0)
+    return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 class ProductImage(models.Model):
@@ -111,8 +120,5 @@ class ProductImage(models.Model):
 
     def save(self, *args, **kwargs):
         if not self.image._committed:
-            digest = hashlib.sha256()
-            for chunk in self.image.chunks():
-                digest.update(chunk)
-            self.checksum = digest.hexdigest()
+            self.checksum = getattr(self.image.file, "checksum", None) or _sha256(self.image)
         super().save(*args, **kwargs)

@@ -13,6 +13,7 @@ def post_worker_init(worker):
     """Load the embedding model in the background as each worker starts, so that the first photo
     search does not wait for TensorFlow (it is never loaded in the master, before the fork)."""
     if os.environ.get("WARM_UP_MODEL", "1") == "1":
-        from recommender.embedding import get_embedder
+        from recommender.encoding.backbones import get_backbone
+        from recommender.encoding.embedder import get_embedder
 
-        threading.Thread(target=get_embedder, name="warm-up-model", daemon=True).start()
+        threading.Thread(target=get_embedder, args=(get_backbone(),), name="warm-up-model", daemon=True).start()

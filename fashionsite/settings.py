@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "django.contrib.humanize",
+    "ninja",  # serves the API docs' JavaScript from its own static files, not a CDN
     "catalog",
     "recommender",
 ]
@@ -81,6 +82,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "recommender.timing.ServerTimingMiddleware",
 ]
 
 ROOT_URLCONF = "fashionsite.urls"
@@ -174,8 +176,18 @@ INDEX_TREES = env_int("INDEX_TREES", 25)
 INDEX_SEARCH_K = env_int("INDEX_SEARCH_K", 40000)  # at least; never below n_trees × candidates
 INDEX_KEEP_VERSIONS = env_int("INDEX_KEEP_VERSIONS", 2)
 
-# Celery, with Redis as broker and result backend.
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:63799/0")
+# Shared by every web process (cached similar items); a Redis outage only makes pages compute them.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": env_str("CACHE_URL", REDIS_URL),
+        "KEY_PREFIX": "cache",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+}
+
+# Celery, with Redis as broker and result backend.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
 CELERY_TASK_IGNORE_RESULT = True

@@ -3,6 +3,7 @@ from django.http import HttpResponseRedirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from .encoding.backbones import get_backbone
 from .models import ImageEmbedding
 from .status import recommender_status
 from .tasks import queue_embeddings, rebuild_index
@@ -73,5 +74,5 @@ class ImageEmbeddingAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:recommender_imageembedding_changelist"))
 
     def changelist_view(self, request, extra_context=None):
-        extra_context = {**(extra_context or {}), "recommender_status": recommender_status()}
+        extra_context = {**(extra_context or {}), "recommender_status": recommender_status(get_backbone())}
         return super().changelist_view(request, extra_context=extra_context)

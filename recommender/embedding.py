@@ -1,4 +1,4 @@
-"""Turning images into L2-normalised embeddings, and storing them for catalogue images.
+"""Embedding catalogue images and storing the vectors.
 
 The catalogue pipeline runs in stages: fetch rows (main thread, database) -> read and decode files
 (thread pool, the next batch while the model works on this one) -> embed (one model call per batch)
@@ -6,7 +6,6 @@ The catalogue pipeline runs in stages: fetch rows (main thread, database) -> rea
 """
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,70 +13,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from django.core.exceptions import ValidationError
-from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
-from catalog.images import upright_rgb
-from catalog.models import ProductImage
-
-from .backbones import Backbone, get_backbone
+from .encoding.backbones import Backbone
+from .encoding.embedder import get_embedder
+from .encoding.preprocessing import file_pixels
 from .models import ImageEmbedding
-from .preprocessing import load_pixels, square_pixels
 
 logger = logging.getLogger(__name__)
-
-
-class Embedder:
-    """A backbone's model, built once, called directly on whole batches."""
-
-    def __init__(self, backbone: Backbone):
-        import tensorflow as tf
-
-        self.backbone = backbone
-        self.model = backbone.build()
-        size = backbone.input_size
-        self._forward = tf.function(
-            lambda batch: self.model(batch, training=False),
-            input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
-        )
-        self._lock = threading.Lock()
-
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, size, size, 3) uint8 RGB -> (n, dimension) float32, each row of unit length."""
-        if len(pixels) == 0:
-            return np.zeros((0, self.backbone.dimension), dtype=np.float32)
-        with self._lock:  # one batch at a time per process: TensorFlow already uses every core
-            features = self._forward(self.backbone.preprocess(pixels)).numpy()
-        return normalise_rows(features)
-
-
-def normalise_rows(vectors: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
-
-
-_embedders: dict[str, Embedder] = {}
-_embedders_lock = threading.Lock()
-
-
-def get_embedder(backbone_name: str | None = None) -> Embedder:
-    """The process's embedder for a backbone (the configured one by default), built on first use."""
-    backbone = get_backbone(backbone_name)
-    with _embedders_lock:  # a warm-up thread and a request may ask at once: build it only once
-        if backbone.name not in _embedders:
-            started = time.monotonic()
-            _embedders[backbone.name] = Embedder(backbone)
-            logger.info("Loaded %s in %.1fs", backbone.name, time.monotonic() - started)
-        return _embedders[backbone.name]
-
-
-def images_missing_embeddings(backbone_name: str) -> QuerySet:
-    """Images with no embedding (done or failed) for this backbone and their current content."""
-    current = ImageEmbedding.objects.filter(
-        image=OuterRef("pk"), backbone=backbone_name, image_checksum=OuterRef("checksum")
-    )
-    return ProductImage.objects.filter(~Exists(current))
 
 
 @dataclass
@@ -116,7 +59,7 @@ def _decode(jobs: list[_Job], size: int, pool: ThreadPoolExecutor | None) -> _De
     def read(job: _Job):
         try:
             with open(job.path, "rb") as file:
-                return load_pixels(file, size)
+                return file_pixels(file, size)
         except ValidationError as exc:
             return " ".join(exc.messages)
         except OSError as exc:
@@ -129,39 +72,26 @@ def _decode(jobs: list[_Job], size: int, pool: ThreadPoolExecutor | None) -> _De
     return _Decoded([job for job, _ in good], pixels, failures, time.monotonic() - started)
 
 
-def _fetch_jobs(image_ids: Iterable[int], backbone_name: str) -> list[_Job]:
-    rows = images_missing_embeddings(backbone_name).filter(pk__in=list(image_ids)).order_by("pk")
+def _fetch_jobs(image_ids: Iterable[int], backbone: Backbone) -> list[_Job]:
+    rows = ImageEmbedding.objects.missing_images(backbone).filter(pk__in=list(image_ids)).order_by("pk")
     return [_Job(row.pk, row.checksum, row.image.path) for row in rows.only("pk", "checksum", "image")]
 
 
 def _write(decoded: _Decoded, vectors: np.ndarray, backbone: Backbone) -> None:
     now = timezone.now()
-    rows = [
-        ImageEmbedding(
-            image_id=job.image_id,
-            backbone=backbone.name,
-            image_checksum=job.checksum,
-            status=ImageEmbedding.Status.DONE,
-            vector=vector.astype(np.float32).tobytes(),
-            dimension=backbone.dimension,
-            error="",
-            computed_at=now,
+
+    def row(job: _Job, **outcome) -> ImageEmbedding:
+        return ImageEmbedding(
+            image_id=job.image_id, backbone=backbone.name, image_checksum=job.checksum, computed_at=now, **outcome
         )
+
+    done = ImageEmbedding.Status.DONE
+    rows = [
+        row(job, status=done, vector=vector, dimension=backbone.dimension, error="")
         for job, vector in zip(decoded.jobs, vectors)
     ]
-    rows += [
-        ImageEmbedding(
-            image_id=job.image_id,
-            backbone=backbone.name,
-            image_checksum=job.checksum,
-            status=ImageEmbedding.Status.FAILED,
-            vector=None,
-            dimension=None,
-            error=error,
-            computed_at=now,
-        )
-        for job, error in decoded.failures
-    ]
+    failed = ImageEmbedding.Status.FAILED
+    rows += [row(job, status=failed, vector=None, dimension=None, error=error) for job, error in decoded.failures]
     ImageEmbedding.objects.bulk_create(
         rows,
         update_conflicts=True,
@@ -170,14 +100,14 @@ def _write(decoded: _Decoded, vectors: np.ndarray, backbone: Backbone) -> None:
     )
 
 
-def embed_images(image_ids: Iterable[int], backbone_name: str | None = None) -> EmbedReport:
+def embed_images(image_ids: Iterable[int], backbone: Backbone) -> EmbedReport:
     """Embed the given catalogue images that lack an up-to-date embedding; safe to repeat."""
-    return embed_in_batches([list(image_ids)], backbone_name)
+    return embed_in_batches([list(image_ids)], backbone)
 
 
 def embed_in_batches(
     batches: Iterable[list[int]],
-    backbone_name: str | None = None,
+    backbone: Backbone,
     *,
     on_batch: Callable[[EmbedReport], None] = lambda report: None,
 ) -> EmbedReport:
@@ -185,8 +115,6 @@ def embed_in_batches(
 
     While the model works on one batch, the next one is read and decoded in the background.
     """
-    embedder = get_embedder(backbone_name)
-    backbone = embedder.backbone
     total = EmbedReport()
     batches = iter(batches)
     with ThreadPoolExecutor(max_workers=1) as prefetch, ThreadPoolExecutor(max_workers=2) as decoders:
@@ -195,7 +123,7 @@ def embed_in_batches(
             if image_ids is None:
                 return None
             started = time.monotonic()
-            jobs = _fetch_jobs(image_ids, backbone.name)  # database work stays on this thread
+            jobs = _fetch_jobs(image_ids, backbone)  # database work stays on this thread
             report = EmbedReport(skipped=len(image_ids) - len(jobs))
             report.seconds["fetch"] = time.monotonic() - started
             return report, prefetch.submit(_decode, jobs, backbone.input_size, decoders)
@@ -207,7 +135,8 @@ def embed_in_batches(
             upcoming = start(next(batches, None))
             report.seconds["decode"] = decoded.seconds
             started = time.monotonic()
-            vectors = embedder.embed_pixels(decoded.pixels)
+            # the model is loaded only when a batch has something to embed
+            vectors = get_embedder(backbone).embed_pixels(decoded.pixels) if decoded.jobs else []
             report.seconds["embed"] = time.monotonic() - started
             started = time.monotonic()
             _write(decoded, vectors, backbone)
@@ -221,20 +150,12 @@ def embed_in_batches(
 
 
 def embed_catalogue(
-    backbone_name: str | None = None,
+    backbone: Backbone,
     *,
     batch_size: int = 32,
     on_batch: Callable[[EmbedReport], None] = lambda report: None,
 ) -> EmbedReport:
     """Embed every catalogue image that lacks an embedding for the backbone."""
-    backbone = get_backbone(backbone_name)
-    image_ids = list(images_missing_embeddings(backbone.name).order_by("pk").values_list("pk", flat=True))
+    image_ids = list(ImageEmbedding.objects.missing_images(backbone).order_by("pk").values_list("pk", flat=True))
     batches = (image_ids[start : start + batch_size] for start in range(0, len(image_ids), batch_size))
-    return embed_in_batches(batches, backbone.name, on_batch=on_batch)
-
-
-def embed_uploaded_image(image, backbone_name: str | None = None) -> np.ndarray:
-    """The embedding of one decoded PIL image (a shopper's photo), prepared like catalogue images."""
-    embedder = get_embedder(backbone_name)
-    pixels = square_pixels(upright_rgb(image), embedder.backbone.input_size)
-    return embedder.embed_pixels(pixels[None])[0]
+    return embed_in_batches(batches, backbone, on_batch=on_batch)

@@ -5,8 +5,6 @@ from django.template.defaultfilters import filesizeformat
 from catalog.fields import ImageUploadField
 from catalog.models import Product
 
-from .backbones import get_backbone
-
 MAX_RESULTS = 50
 
 
@@ -26,10 +24,10 @@ class VisualSearchForm(forms.Form):
     article_type = forms.ChoiceField(required=False, label="Article type")
     k = forms.IntegerField(required=False, min_value=1, max_value=MAX_RESULTS, initial=5, widget=forms.HiddenInput)
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, input_size: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         # Decode big JPEGs only as finely as the model looks at them.
-        self.fields["image"].draft_size = get_backbone().input_size
+        self.fields["image"].draft_size = input_size
         self.fields["gender"].choices = _choices("gender", "Any gender")
         self.fields["article_type"].choices = _choices("article_type", "Any article type")
 
@@ -39,17 +37,6 @@ class VisualSearchForm(forms.Form):
     @property
     def upload_limit(self) -> str:
         return filesizeformat(settings.IMAGE_UPLOAD_MAX_BYTES)
-
-
-class SimilarFilterForm(forms.Form):
-    """Query parameters of GET /api/products/<id>/similar."""
-
-    k = forms.IntegerField(required=False, min_value=1, max_value=MAX_RESULTS)
-    gender = forms.CharField(required=False, max_length=32)
-    article_type = forms.CharField(required=False, max_length=64)
-
-    def clean_k(self) -> int:
-        return self.cleaned_data.get("k") or 5
 
 
 def upload_too_large(request) -> str:

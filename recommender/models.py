@@ -1,8 +1,63 @@
+from dataclasses import dataclass
+from datetime import datetime
+
 import numpy as np
 from django.db import models
+from django.db.models import Count, Exists, Max, OuterRef
 from django.utils import timezone
 
 from catalog.models import ProductImage
+
+
+class VectorField(models.BinaryField):
+    """A float32 vector stored as bytes; the one place where bytes become arrays and back."""
+
+    def from_db_value(self, value, expression, connection):
+        return None if value is None else np.frombuffer(value, dtype=np.float32)
+
+    def to_python(self, value):
+        if value is None or isinstance(value, np.ndarray):
+            return value
+        return np.frombuffer(bytes(value), dtype=np.float32)
+
+    def get_prep_value(self, value):
+        if isinstance(value, np.ndarray):
+            value = np.ascontiguousarray(value, dtype=np.float32).tobytes()
+        return super().get_prep_value(value)
+
+
+@dataclass(frozen=True)
+class EmbeddingStamp:
+    """What a set of stored embeddings looked like: how many, and the newest one's time."""
+
+    count: int
+    latest: datetime | None
+
+
+class ImageEmbeddingQuerySet(models.QuerySet):
+    def for_backbone(self, backbone) -> "ImageEmbeddingQuerySet":
+        return self.filter(backbone=backbone.name)
+
+    def done(self) -> "ImageEmbeddingQuerySet":
+        return self.filter(status=ImageEmbedding.Status.DONE)
+
+    def stamp(self) -> EmbeddingStamp:
+        summary = self.aggregate(count=Count("pk"), latest=Max("computed_at"))
+        return EmbeddingStamp(summary["count"], summary["latest"])
+
+    def as_matrix(self, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image ids, (rows, dimension) float32 vectors), ordered by image id."""
+        image_ids, vectors = [], []
+        for image_id, vector in self.order_by("image_id").values_list("image_id", "vector").iterator(chunk_size=2000):
+            image_ids.append(image_id)
+            vectors.append(vector)
+        matrix = np.vstack(vectors) if vectors else np.zeros((0, dimension), np.float32)
+        return np.array(image_ids, dtype=np.int64), matrix
+
+    def missing_images(self, backbone):
+        """Catalogue images with no embedding (done or failed) for this backbone of their current content."""
+        current = self.filter(image=OuterRef("pk"), backbone=backbone.name, image_checksum=OuterRef("checksum"))
+        return ProductImage.objects.filter(~Exists(current))
 
 
 class ImageEmbedding(models.Model):
@@ -16,10 +71,12 @@ class ImageEmbedding(models.Model):
     backbone = models.CharField(max_length=32)
     image_checksum = models.CharField(max_length=64, help_text="Checksum of the image content it was computed from.")
     status = models.CharField(max_length=8, choices=Status.choices)
-    vector = models.BinaryField(null=True, editable=False, help_text="float32, unit length")
+    vector = VectorField(null=True, editable=False, help_text="float32, unit length")
     dimension = models.PositiveIntegerField(null=True)
     error = models.TextField(blank=True)
     computed_at = models.DateTimeField(default=timezone.now)
+
+    objects = ImageEmbeddingQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -29,7 +86,3 @@ class ImageEmbedding(models.Model):
 
     def __str__(self):
         return f"{self.backbone} embedding of image {self.image_id} ({self.status})"
-
-    @property
-    def array(self) -> np.ndarray:
-        return np.frombuffer(self.vector, dtype=np.float32)

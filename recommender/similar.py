@@ -5,19 +5,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import numpy as np
 from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 from PIL import Image
 
-from catalog.images import upright_rgb
 from catalog.models import Product, ProductImage
 
-from .backbones import get_backbone
-from .index import current_version_dir
-from .search import Neighbour, nearest_products
-from .vectors import done_embeddings
+from .encoding.backbones import Backbone
+from .encoding.embedder import get_embedder
+from .retrieval import Neighbour, current_version, nearest_products
+from .retrieval.vectors import done_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -29,40 +27,35 @@ class SimilarItems:
     seconds: float = 0.0
 
 
-def similar_products(product: Product, *, k: int = 5, gender: str = "", article_type: str = "") -> SimilarItems:
+def similar_products(
+    product: Product, backbone: Backbone, *, k: int = 5, gender: str = "", article_type: str = ""
+) -> SimilarItems:
     """The k products that look most like `product` (never itself), of a gender/article type if given.
 
     Cached per product until the index changes, and for at most SIMILAR_ITEMS_CACHE_SECONDS.
     """
     started = time.monotonic()
-    backbone = get_backbone().name
-    version = current_version_dir(backbone)
-    key = f"similar:{backbone}:{version.name if version else 'exact'}:{product.pk}:{k}:{gender}:{article_type}"
+    version = current_version(backbone) or "exact"
+    key = f"similar:{backbone.name}:{version}:{product.pk}:{k}:{gender}:{article_type}"
     cached = _cache_get(key)
     if cached is not None:
         neighbours = _neighbours_from_ids(cached)
         if len(neighbours) == len(cached):  # nothing was deleted since
             return SimilarItems(neighbours, seconds=time.monotonic() - started)
-    vector = _product_vector(product, backbone)
-    if vector is None:
-        return SimilarItems([], pending=True, seconds=time.monotonic() - started)
-    neighbours = nearest_products(
-        vector, k=k, backbone=backbone, exclude_product_id=product.pk, gender=gender, article_type=article_type
-    )
-    _cache_set(key, [(n.product.pk, n.image.pk, n.score) for n in neighbours])
-    return SimilarItems(neighbours, seconds=time.monotonic() - started)
-
-
-def _product_vector(product: Product, backbone: str):
-    """The embedding of the product's first embedded image, in display order."""
     vector = (
         done_embeddings(backbone)
         .filter(image__product=product)
-        .order_by("image__position", "image_id")
+        .order_by("image__position", "image_id")  # the first embedded image, in display order
         .values_list("vector", flat=True)
         .first()
     )
-    return None if vector is None else np.frombuffer(vector, dtype=np.float32)
+    if vector is None:
+        return SimilarItems([], pending=True, seconds=time.monotonic() - started)
+    neighbours = nearest_products(
+        vector, backbone, k=k, exclude_product_id=product.pk, gender=gender, article_type=article_type
+    )
+    _cache_set(key, [(n.product.pk, n.image.pk, n.score) for n in neighbours])
+    return SimilarItems(neighbours, seconds=time.monotonic() - started)
 
 
 def _neighbours_from_ids(rows: list[tuple[int, int, float]]) -> list[Neighbour]:
@@ -95,21 +88,21 @@ class VisualSearchResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
-def search_by_photo(image: Image.Image, *, k: int = 5, gender: str = "", article_type: str = "") -> VisualSearchResult:
-    """The k catalogue products that look most like a shopper's (already decoded) photo."""
-    from .embedding import embed_uploaded_image
-
+def search_by_photo(
+    photo: Image.Image, backbone: Backbone, *, k: int = 5, gender: str = "", article_type: str = ""
+) -> VisualSearchResult:
+    """The k catalogue products that look most like a shopper's photo (decoded, upright RGB)."""
     started = time.monotonic()
-    vector = embed_uploaded_image(image)
+    vector = get_embedder(backbone).embed_image(photo)
     embedded = time.monotonic()
-    neighbours = nearest_products(vector, k=k, gender=gender, article_type=article_type)
+    neighbours = nearest_products(vector, backbone, k=k, gender=gender, article_type=article_type)
     if settings.VISUAL_SEARCH_KEEP_UPLOADS:
-        _keep(image)
+        _keep(photo)
     return VisualSearchResult(neighbours, {"embed": embedded - started, "search": time.monotonic() - embedded})
 
 
-def _keep(image: Image.Image) -> None:
+def _keep(photo: Image.Image) -> None:
     """Save a shopper's photo in the private upload folder (only when the site is set up to)."""
     folder = settings.VISUAL_SEARCH_UPLOAD_DIR / timezone.now().strftime("%Y/%m/%d")
     folder.mkdir(parents=True, exist_ok=True)
-    upright_rgb(image).save(folder / f"{uuid.uuid4().hex}.jpg", format="JPEG", quality=90)
+    photo.save(folder / f"{uuid.uuid4().hex}.jpg", format="JPEG", quality=90)

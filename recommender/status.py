@@ -2,12 +2,13 @@
 
 from dataclasses import dataclass
 
+from django.db.models import Count
+
 from catalog.models import ProductImage
 
-from .backbones import BACKBONES, get_backbone
-from .embedding import images_missing_embeddings
-from .index import IndexManifest, current_manifest, current_version_dir
+from .encoding.backbones import BACKBONES, Backbone
 from .models import ImageEmbedding
+from .retrieval import IndexManifest, current_manifest, version_size
 
 
 @dataclass(frozen=True)
@@ -25,40 +26,26 @@ class BackboneStatus:
         return self.index.age_seconds if self.index else None
 
 
-def recommender_status() -> list[BackboneStatus]:
+def recommender_status(active: Backbone) -> list[BackboneStatus]:
     """The active backbone first, then every other backbone that has embeddings."""
-    active = get_backbone().name
-    counts: dict[tuple[str, str], int] = {}
-    for backbone, status, count in _status_counts():
-        counts[backbone, status] = count
-    used = {backbone for backbone, _ in counts}
-    statuses = []
-    for name in [active] + sorted(used - {active}):
-        if name not in BACKBONES:
-            continue
-        directory = current_version_dir(name)
-        statuses.append(
-            BackboneStatus(
-                backbone=name,
-                active=name == active,
-                embedded=counts.get((name, ImageEmbedding.Status.DONE), 0),
-                failed=counts.get((name, ImageEmbedding.Status.FAILED), 0),
-                pending=images_missing_embeddings(name).count(),
-                index=current_manifest(name),
-                index_bytes=sum(p.stat().st_size for p in directory.iterdir())
-                if directory and directory.is_dir()
-                else 0,
-            )
-        )
-    return statuses
-
-
-def _status_counts():
-    from django.db.models import Count
-
-    return (
-        ImageEmbedding.objects.filter(image__in=ProductImage.objects.all())
+    counts = {
+        (backbone, status): count
+        for backbone, status, count in ImageEmbedding.objects.filter(image__in=ProductImage.objects.all())
         .values_list("backbone", "status")
         .annotate(count=Count("pk"))
         .order_by()
-    )
+    }
+    used = {name for name, _ in counts} - {active.name}
+    backbones = [active] + [BACKBONES[name] for name in sorted(used) if name in BACKBONES]
+    return [
+        BackboneStatus(
+            backbone=backbone.name,
+            active=backbone == active,
+            embedded=counts.get((backbone.name, ImageEmbedding.Status.DONE), 0),
+            failed=counts.get((backbone.name, ImageEmbedding.Status.FAILED), 0),
+            pending=ImageEmbedding.objects.missing_images(backbone).count(),
+            index=current_manifest(backbone),
+            index_bytes=version_size(backbone),
+        )
+        for backbone in backbones
+    ]

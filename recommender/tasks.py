@@ -10,9 +10,10 @@ from amqp.exceptions import ChannelError
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .backbones import get_backbone
-from .embedding import embed_images, images_missing_embeddings
-from .index import build_index
+from .embedding import embed_images
+from .encoding.backbones import get_backbone
+from .models import ImageEmbedding
+from .retrieval import build_index
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ SWEEP_CHUNK = 32
 )
 def embed_images_task(image_ids: list[int], backbone: str | None = None) -> dict:
     """Embed these images (those already embedded are skipped; undecodable ones are marked failed)."""
-    report = embed_images(image_ids, backbone)
+    report = embed_images(image_ids, get_backbone(backbone))
     return {"embedded": report.embedded, "failed": report.failed, "skipped": report.skipped}
 
 
@@ -58,21 +59,21 @@ def sweep_missing_embeddings(backbone: str | None = None) -> int:
     Skipped while embedding tasks are still waiting: the workers are busy with a backlog that
     probably holds these images already, and the next sweep will look again.
     """
-    backbone = get_backbone(backbone).name
+    backbone = get_backbone(backbone)
     waiting = waiting_embedding_tasks()
     if waiting:
         logger.info("Sweep skipped: %d embedding tasks still waiting", waiting)
         return 0
-    image_ids = list(images_missing_embeddings(backbone).order_by("pk").values_list("pk", flat=True))
+    image_ids = list(ImageEmbedding.objects.missing_images(backbone).order_by("pk").values_list("pk", flat=True))
     for start in range(0, len(image_ids), SWEEP_CHUNK):
-        queue_embeddings(image_ids[start : start + SWEEP_CHUNK], backbone)
+        queue_embeddings(image_ids[start : start + SWEEP_CHUNK], backbone.name)
     if image_ids:
-        logger.info("Sweep queued %d images for %s", len(image_ids), backbone)
+        logger.info("Sweep queued %d images for %s", len(image_ids), backbone.name)
     return len(image_ids)
 
 
 @shared_task(autoretry_for=(OperationalError, InterfaceError), retry_backoff=5, max_retries=3)
 def rebuild_index(backbone: str | None = None, force: bool = False) -> str:
     """Rebuild the Annoy index when embeddings changed since the last build (or always, with force)."""
-    result = build_index(backbone, force=force)
+    result = build_index(get_backbone(backbone), force=force)
     return result.reason

@@ -1,27 +1,19 @@
-"""Fixtures shared by the whole suite: small catalogues built from the team's shared dataset."""
+"""Fixtures shared by the whole suite: small catalogues built from the team's shared dataset.
+
+Expensive things are built once per session: the test catalogue's embeddings are computed once
+with the real model and written into each test's database from that cache.
+"""
 
 import csv
+import io
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import CATALOGUE_LINES, DATASET, ROOT
 from tests.processes import CeleryWorker, RedisServer
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _shared_dir() -> Path:
-    """The team's read-only shared/ folder: $FASHION_SHARED_DIR, else beside the checkout, else /work/shared."""
-    if "FASHION_SHARED_DIR" in os.environ:
-        return Path(os.environ["FASHION_SHARED_DIR"])
-    beside = Path(__file__).resolve().parents[2] / "shared"
-    return beside if beside.is_dir() else Path("/work/shared")
-
-
-SHARED = _shared_dir()
-DATASET = SHARED / "datasets" / "fashion-products"
 
 
 @pytest.fixture(scope="session")
@@ -72,17 +64,36 @@ def kaggle_folder(tmp_path, fashion_dataset) -> Path:
     return write_kaggle_folder(tmp_path / "kaggle", fashion_dataset, header, rows)
 
 
-@pytest.fixture
-def catalogue(db, fashion_dataset):
-    """60 products of the shared dataset: its first 12 rows, then a spread over the whole file
-    so that many article types are present."""
-    from catalog.importing import import_products, kaggle_rows
+@pytest.fixture(scope="session")
+def catalogue_rows(fashion_dataset) -> list:
+    """(import row, stored image) of the test catalogue's 60 products, read and normalised once."""
+    from catalog.images import normalise_image
+    from catalog.importing import kaggle_rows
 
-    wanted_lines = set(range(2, 14)) | set(range(14, 8151, 170))
-    rows = (row for row in kaggle_rows(fashion_dataset) if row.line in wanted_lines)
-    report = import_products(rows)
-    assert report.created == 60, report.problems
-    return report
+    rows = []
+    for row in kaggle_rows(fashion_dataset):
+        if row.line in CATALOGUE_LINES:
+            with row.open_image() as file:
+                rows.append((row, normalise_image(file)))
+    return rows
+
+
+@pytest.fixture
+def catalogue(db, catalogue_rows) -> list:
+    """60 products of the shared dataset (tests.helpers.CATALOGUE_LINES), one photo each: what
+    `import_catalog` makes of them (tests/catalog/test_import.py tests that), written in bulk."""
+    from catalog.models import Product, ProductImage, product_slug
+
+    products = Product.objects.bulk_create(
+        Product(sku=row.sku, slug=product_slug(row.fields["name"]), **row.fields) for row, _ in catalogue_rows
+    )
+    images = []
+    for product, (row, stored) in zip(products, catalogue_rows):
+        image = ProductImage(product=product, position=0, checksum=stored.checksum)
+        image.image.save(f"{row.sku}.{stored.extension}", stored.as_file(row.sku), save=False)
+        images.append(image)
+    ProductImage.objects.bulk_create(images)
+    return products
 
 
 @pytest.fixture
@@ -134,21 +145,73 @@ def celery_worker(subprocess_env, redis_server, tmp_path):
     worker.stop()
 
 
-@pytest.fixture
-def embedded_catalogue(catalogue):
-    """The 60-product catalogue with EfficientNet-Lite2 embeddings for every image."""
-    from recommender.embedding import embed_catalogue
+@pytest.fixture(scope="session")
+def lite2():
+    from recommender.encoding.backbones import get_backbone
 
-    report = embed_catalogue("efficientnet_lite2")
-    assert report.embedded == 60
-    return report
+    return get_backbone("efficientnet_lite2")
 
 
-def stored_vector(image_id: int, backbone: str = "efficientnet_lite2"):
-    """The stored embedding of one image, as a numpy vector (None when there is none)."""
+@pytest.fixture(scope="session")
+def catalogue_vectors(catalogue_rows, lite2) -> dict:
+    """Lite2 vectors of the test catalogue's photos by checksum, computed the way the embedding
+    pipeline computes them (from the stored, normalised JPEG). Kept on disk between runs, under a key
+    that changes with the photos, the weights and the encoding code."""
+    import hashlib
+
     import numpy as np
 
-    from recommender.vectors import done_embeddings
+    from recommender.encoding.backbones import efficientnet_lite_weights
+    from recommender.encoding.embedder import get_embedder
+    from recommender.encoding.preprocessing import file_pixels
 
-    vector = done_embeddings(backbone).filter(image_id=image_id).values_list("vector", flat=True).first()
-    return None if vector is None else np.frombuffer(vector, dtype=np.float32)
+    checksums = [stored.checksum for _, stored in catalogue_rows]
+    key = hashlib.sha256("".join(checksums).encode())
+    for path in [efficientnet_lite_weights(lite2.name), *sorted((ROOT / "recommender" / "encoding").glob("*.py"))]:
+        key.update(path.read_bytes())
+    cached = ROOT / "var" / "test-cache" / f"catalogue-vectors-{key.hexdigest()[:16]}.npy"
+    if cached.is_file():
+        vectors = np.load(cached)
+    else:
+        pixels = np.stack([file_pixels(io.BytesIO(stored.content), lite2.input_size) for _, stored in catalogue_rows])
+        vectors = get_embedder(lite2).embed_pixels(pixels)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cached.with_suffix(f".{os.getpid()}.npy"), vectors)
+        os.replace(cached.with_suffix(f".{os.getpid()}.npy"), cached)  # parallel workers may both write
+    return dict(zip(checksums, vectors))
+
+
+@pytest.fixture
+def embedded_catalogue(catalogue, catalogue_vectors, lite2):
+    """The 60-product catalogue with an EfficientNet-Lite2 embedding for every image (from the session cache)."""
+    from catalog.models import ProductImage
+    from recommender.models import ImageEmbedding
+
+    images = ProductImage.objects.all()
+    ImageEmbedding.objects.bulk_create(
+        ImageEmbedding(
+            image=image,
+            backbone=lite2.name,
+            image_checksum=image.checksum,
+            status=ImageEmbedding.Status.DONE,
+            vector=catalogue_vectors[image.checksum],
+            dimension=lite2.dimension,
+        )
+        for image in images
+    )
+    assert ImageEmbedding.objects.count() == 60
+    return catalogue
+
+
+@pytest.fixture
+def indexed_catalogue(embedded_catalogue, lite2):
+    from recommender.retrieval import build_index
+
+    build_index(lite2)
+    return embedded_catalogue
+
+
+@pytest.fixture
+def staff_client(client, django_user_model):
+    client.force_login(django_user_model.objects.create_superuser("staff", "staff@example.com", "a-long-password"))
+    return client

@@ -4,7 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # runs manage.py in a subprocess
 
 
 def manage(*args: str, **env: str) -> subprocess.CompletedProcess:

@@ -6,14 +6,12 @@ import pytest
 from playwright.sync_api import expect
 
 from catalog.models import Product
-from recommender.index import build_index
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def shop(embedded_catalogue, live_server):
-    build_index("efficientnet_lite2")
+def shop(indexed_catalogue, live_server):
     return live_server.url
 
 

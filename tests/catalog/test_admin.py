@@ -7,36 +7,7 @@ from django.urls import reverse
 from PIL import Image
 
 from catalog.models import Product, ProductImage
-
-
-@pytest.fixture
-def staff_client(client, django_user_model):
-    user = django_user_model.objects.create_superuser("staff", "staff@example.com", "a-long-password")
-    client.force_login(user)
-    return client
-
-
-def add_product_form(upload, **overrides) -> dict:
-    form = {
-        "sku": "NEW-001",
-        "name": "Linen Summer Shirt",
-        "gender": "Men",
-        "master_category": "Apparel",
-        "sub_category": "Topwear",
-        "article_type": "Shirts",
-        "base_colour": "White",
-        "season": "Summer",
-        "year": "2024",
-        "usage": "Casual",
-        "images-TOTAL_FORMS": "1",
-        "images-INITIAL_FORMS": "0",
-        "images-MIN_NUM_FORMS": "0",
-        "images-MAX_NUM_FORMS": "1000",
-        "images-0-image": upload,
-        "images-0-position": "0",
-    }
-    form.update(overrides)
-    return form
+from tests.helpers import add_product_form
 
 
 def photo(fashion_dataset: Path, name: str = "shirt.jpg") -> SimpleUploadedFile:
@@ -143,4 +114,4 @@ def test_product_list_has_thumbnails_search_and_filters(staff_client, catalogue)
 def test_change_page_shows_image_previews(staff_client, catalogue):
     product = Product.objects.first()
     page = staff_client.get(reverse("admin:catalog_product_change", args=[product.pk]))
-    assert product.primary_image.image.url.encode() in page.content
+    assert f'<img src="{product.primary_image.image.url}"'.encode() in page.content, "a preview, not only a link"

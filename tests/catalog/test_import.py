@@ -1,9 +1,12 @@
 import csv
+import os
+import threading
 from io import StringIO
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from catalog.models import Product, ProductImage
 
@@ -170,3 +173,88 @@ def test_fashion_mnist_demo_catalogue():
     with Image.open(image.image.path) as picture:
         corner = picture.convert("L").getpixel((0, 0))
     assert corner > 240, "products sit on a white background, like the shop's photos"
+
+
+# --- Hostile folders: each bad row is skipped and reported by line, and the import goes on --------------
+
+
+def problems_by_line(err: str) -> dict[int, str]:
+    lines = (line.split(": skipped, ", 1) for line in err.strip().splitlines())
+    return {int(where.removeprefix("line ")): reason for where, reason in lines}
+
+
+@pytest.mark.django_db
+def test_an_oversized_field_is_skipped_and_later_lines_keep_their_numbers(kaggle_folder):
+    header, rows = read_rows(kaggle_folder)
+    rows[1][header.index("productDisplayName")] = "x" * 200_000  # line 3
+    rows[3][header.index("year")] = "last year"  # line 5
+    write_rows(kaggle_folder, header, rows)
+
+    out, err = run_import(kaggle_folder)
+
+    assert "10 created, 0 updated, 0 unchanged, 2 skipped" in out
+    problems = problems_by_line(err)
+    assert set(problems) == {3, 5}
+    assert "field larger than field limit" in problems[3]
+    assert "year" in problems[5]
+    assert not Product.objects.filter(sku__in=[rows[1][0], rows[3][0]]).exists()
+
+
+@pytest.mark.django_db
+def test_invalid_utf8_is_skipped_and_reported_by_line(kaggle_folder):
+    styles = kaggle_folder / "styles.csv"
+    lines = styles.read_bytes().splitlines(keepends=True)
+    lines[3] = lines[3].replace(b",", b",Caf\xe9 ", 1)  # line 4: Latin-1, not UTF-8
+    styles.write_bytes(b"".join(lines))
+
+    out, err = run_import(kaggle_folder)
+
+    assert "11 created, 0 updated, 0 unchanged, 1 skipped" in out
+    problems = problems_by_line(err)
+    assert set(problems) == {4} and "not valid UTF-8" in problems[4]
+    assert Product.objects.count() == 11
+
+
+@pytest.mark.django_db(transaction=True)  # the import runs on its own thread and connection
+def test_a_fifo_named_like_an_image_is_skipped_without_hanging(kaggle_folder):
+    _, rows = read_rows(kaggle_folder)
+    fifo = kaggle_folder / "images" / f"{rows[2][0]}.jpg"  # line 4
+    fifo.unlink()
+    os.mkfifo(fifo)
+    result = {}
+
+    def run():
+        try:
+            result["out"], result["err"] = run_import(kaggle_folder)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    if thread.is_alive():  # release the reader so the suite can end, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("the import hung on a FIFO")
+
+    assert "11 created, 0 updated, 0 unchanged, 1 skipped" in result["out"]
+    problems = problems_by_line(result["err"])
+    assert set(problems) == {4} and "not a regular file" in problems[4]
+
+
+@pytest.mark.django_db
+def test_an_image_linked_from_outside_the_folder_is_not_imported(kaggle_folder, tmp_path):
+    _, rows = read_rows(kaggle_folder)
+    images = kaggle_folder / "images"
+    outside = tmp_path / "private.jpg"
+    (images / f"{rows[1][0]}.jpg").rename(outside)
+    (images / f"{rows[1][0]}.jpg").symlink_to(outside)  # line 3
+    (images / f"{rows[2][0]}.jpg").unlink()
+    (images / f"{rows[2][0]}.jpg").symlink_to(Path(f"{rows[3][0]}.jpg"))  # line 4: a link within the folder is fine
+
+    out, err = run_import(kaggle_folder)
+
+    assert "11 created, 0 updated, 0 unchanged, 1 skipped" in out
+    problems = problems_by_line(err)
+    assert set(problems) == {3} and "outside" in problems[3]
+    assert not Product.objects.filter(sku=rows[1][0]).exists()
+    assert Product.objects.get(sku=rows[2][0]).primary_image is not None

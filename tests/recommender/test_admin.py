@@ -5,25 +5,21 @@ import pytest
 from django.urls import reverse
 
 from catalog.models import ProductImage
-from recommender.embedding import embed_catalogue
-from recommender.index import build_index
+from recommender.embedding import embed_images
+from recommender.encoding.backbones import get_backbone
 from recommender.models import ImageEmbedding
+from recommender.retrieval import build_index
 
 pytestmark = pytest.mark.django_db
 CHANGELIST = reverse("admin:recommender_imageembedding_changelist")
 
 
 @pytest.fixture
-def staff_client(client, django_user_model):
-    client.force_login(django_user_model.objects.create_superuser("staff", "staff@example.com", "a-long-password"))
-    return client
-
-
-@pytest.fixture
-def embedded_with_one_failure(catalogue):
+def embedded_with_one_failure(embedded_catalogue, lite2):
     broken = ProductImage.objects.order_by("pk")[2]
     Path(broken.image.path).write_bytes(b"not a photo any more")
-    embed_catalogue("efficientnet_lite2")
+    ImageEmbedding.objects.filter(image=broken).delete()
+    assert embed_images([broken.pk], lite2).failed == 1
     return broken
 
 
@@ -40,7 +36,7 @@ def test_status_panel_counts_and_index(staff_client, embedded_with_one_failure):
     assert status.index is None
     assert b"no index yet: searches are exact" in page.content
 
-    build_index("efficientnet_lite2")
+    build_index(get_backbone("efficientnet_lite2"))
     page = staff_client.get(CHANGELIST)
     [status] = page.context["recommender_status"]
     assert status.index.items == 59 and status.index_bytes > 59 * 1280 * 4
@@ -77,10 +73,9 @@ def test_rebuild_button_queues_a_forced_rebuild(staff_client, embedded_with_one_
     assert json.loads(message)["headers"]["task"] == "recommender.tasks.rebuild_index"
 
 
+@pytest.mark.slow
 def test_status_page_lists_other_backbones_with_embeddings(staff_client, catalogue):
-    from recommender.embedding import embed_images
-
-    embed_images(ProductImage.objects.values_list("pk", flat=True)[:5], "efficientnet_lite0")
+    embed_images(ProductImage.objects.values_list("pk", flat=True)[:5], get_backbone("efficientnet_lite0"))
     page = staff_client.get(CHANGELIST)
     statuses = {s.backbone: s for s in page.context["recommender_status"]}
     assert statuses["efficientnet_lite2"].pending == 60

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from recommender.backbones import WeightsNotFound, caffe_style, get_backbone
-from recommender.embedding import Embedder, get_embedder
+from recommender.encoding.backbones import WeightsNotFound, caffe_style, get_backbone
+from recommender.encoding.embedder import Embedder, get_embedder
+from tests.helpers import SHARED
 
 
 @pytest.fixture
@@ -49,6 +50,7 @@ def test_resnet50_loads_the_weights_file_it_is_given(no_resnet_weights, settings
     assert np.allclose(vectors, expected, atol=1e-4), "the saved weights were loaded, not fresh random ones"
 
 
+@pytest.mark.slow  # runs the model
 def test_caffe_style_is_keras_resnet50_preprocess_input():
     from keras.applications.resnet50 import preprocess_input
 
@@ -62,9 +64,14 @@ def test_unknown_backbone_is_a_configuration_error(settings):
         get_backbone()
 
 
-def test_default_backbone_works_offline():
-    embedder = get_embedder()
+@pytest.mark.slow  # runs the model
+def test_default_backbone_works_offline_with_the_real_weights():
+    embedder = get_embedder(get_backbone())
     assert embedder.backbone.name == "efficientnet_lite2"
-    white = np.full((1, 260, 260, 3), 255, np.uint8)
-    vector = embedder.embed_pixels(white)
-    assert vector.shape == (1, 1280) and np.isclose(np.linalg.norm(vector), 1.0)
+    reference = np.load(SHARED / "reference" / "efficientnet-lite-reference.npz")
+
+    vectors = embedder.embed_pixels(reference["lite2_pixels"])
+
+    expected = reference["lite2_gmp"] / np.linalg.norm(reference["lite2_gmp"], axis=1, keepdims=True)
+    assert vectors.shape == expected.shape and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert (vectors * expected).sum(axis=1).min() > 0.9999, "the original's features, not random weights"

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from recommender import efficientnet_lite
-from recommender.backbones import _package_checkpoint, efficientnet_lite_weights, tf_style
-from recommender.torch_checkpoint import CheckpointError, read_state_dict
-from tests.conftest import SHARED
+from recommender.encoding import efficientnet_lite
+from recommender.encoding.backbones import _package_checkpoint, efficientnet_lite_weights, tf_style
+from recommender.encoding.torch_checkpoint import CheckpointError, read_state_dict
+from tests.helpers import SHARED
 
+pytestmark = pytest.mark.slow
 REFERENCE = SHARED / "reference" / "efficientnet-lite-reference.npz"
 
 

@@ -8,14 +8,16 @@ import pytest
 from django.core.management import call_command
 
 from catalog.models import ProductImage
-from recommender import index as index_module
-from recommender.index import IndexReader, build_index, current_manifest, current_version_dir, index_is_stale
-from recommender.search import candidate_images, nearest_products
-from recommender.vectors import embedding_matrix
-from tests.conftest import ROOT, stored_vector
+from recommender.encoding.backbones import get_backbone
+from recommender.retrieval import build, build_index, current_manifest, index_is_stale, nearest_products
+from recommender.retrieval.reader import IndexReader, _readers
+from recommender.retrieval.search import candidate_images
+from recommender.retrieval.vectors import embedding_matrix
+from recommender.retrieval.versions import current_version_dir
+from tests.helpers import ROOT, stored_vector
 from tests.processes import wait_until
 
-LITE2 = "efficientnet_lite2"
+LITE2 = get_backbone("efficientnet_lite2")
 pytestmark = pytest.mark.django_db
 
 
@@ -29,9 +31,9 @@ def test_build_writes_a_verified_version_and_switches_to_it(embedded_catalogue, 
 
     assert result.reason == "built"
     manifest = result.manifest
-    assert (manifest.items, manifest.dimension, manifest.metric, manifest.backbone) == (60, 1280, "angular", LITE2)
+    assert (manifest.items, manifest.dimension, manifest.metric, manifest.backbone) == (60, 1280, "angular", LITE2.name)
     directory = current_version_dir(LITE2)
-    assert directory == index_dir / LITE2 / "versions" / manifest.version
+    assert directory == index_dir / LITE2.name / "versions" / manifest.version
     assert set(manifest.checksums) == {"items.ann", "image_ids.npy", "vectors.npy"}
     assert json.loads((directory / "manifest.json").read_text())["version"] == manifest.version
     assert build_index(LITE2, force=False).reason == "up to date"
@@ -48,6 +50,7 @@ def test_index_search_matches_exact_search(embedded_catalogue):
         assert list(from_index.image_ids[:5]) == list(exact_ids[:5])
 
 
+@pytest.mark.slow  # runs the model
 def test_a_new_embedding_is_found_before_the_next_build(embedded_catalogue, fashion_dataset):
     from django.core.files.base import ContentFile
 
@@ -76,9 +79,9 @@ def test_corrupt_index_file_falls_back_to_exact_search(embedded_catalogue, caplo
     data = bytearray(ann.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 64] = os.urandom(64)
     ann.write_bytes(bytes(data))
-    index_module._readers.clear()
+    _readers.clear()
 
-    neighbours = nearest_products(query_vector(), k=5)
+    neighbours = nearest_products(query_vector(), LITE2, k=5)
 
     assert len(neighbours) == 5
     assert candidate_images(query_vector(), 5, LITE2).source == "exact"
@@ -90,9 +93,9 @@ def test_missing_index_falls_back_to_exact_search(embedded_catalogue, index_dir)
     assert candidate_images(query_vector(), 5, LITE2).source == "exact"
     build_index(LITE2)
     assert candidate_images(query_vector(), 5, LITE2).source == "index"
-    (index_dir / LITE2 / "current").unlink()
+    (index_dir / LITE2.name / "current").unlink()
     assert candidate_images(query_vector(), 5, LITE2).source == "exact"
-    assert len(nearest_products(query_vector(), k=5)) == 5
+    assert len(nearest_products(query_vector(), LITE2, k=5)) == 5
 
 
 def test_a_failed_build_leaves_the_live_index_alone(embedded_catalogue, monkeypatch, index_dir):
@@ -103,23 +106,23 @@ def test_a_failed_build_leaves_the_live_index_alone(embedded_catalogue, monkeypa
     def crash(path):
         raise MemoryError("simulated crash after the files were written")
 
-    monkeypatch.setattr(index_module, "_sha256", crash)
+    monkeypatch.setattr(build, "file_checksum", crash)
     with pytest.raises(MemoryError):
         build_index(LITE2, force=True)
 
     assert current_manifest(LITE2).version == first.version
     assert reader.get().manifest.version == first.version
-    assert not list((index_dir / LITE2 / "versions").glob("*.partial"))
+    assert not list((index_dir / LITE2.name / "versions").glob("*.partial"))
 
 
 def test_leftovers_and_old_versions_are_cleaned_up(embedded_catalogue, index_dir, settings):
     settings.INDEX_KEEP_VERSIONS = 2
     versions = [build_index(LITE2, force=True).manifest.version for _ in range(4)]
-    stale = index_dir / LITE2 / "versions" / "20000101T000000.000000-dead00.partial"
+    stale = index_dir / LITE2.name / "versions" / "20000101T000000.000000-dead00.partial"
     stale.mkdir()
     versions.append(build_index(LITE2, force=True).manifest.version)
 
-    remaining = sorted(p.name for p in (index_dir / LITE2 / "versions").iterdir())
+    remaining = sorted(p.name for p in (index_dir / LITE2.name / "versions").iterdir())
     assert remaining == sorted(versions[-2:])
 
 
@@ -134,6 +137,7 @@ def test_build_index_command(embedded_catalogue):
     assert "up to date" in out.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_two_web_processes_follow_a_rebuild_without_restarting(embedded_catalogue, subprocess_env, tmp_path):
     build_index(LITE2)

@@ -4,13 +4,17 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from catalog.models import Product, ProductImage
-from recommender.preprocessing import square_pixels
-from recommender.search import nearest_products
-from tests.conftest import stored_vector
+from recommender.encoding.backbones import get_backbone
+from recommender.encoding.preprocessing import image_pixels
+from recommender.retrieval import nearest_products
+from tests.helpers import stored_vector
+
+LITE2 = get_backbone("efficientnet_lite2")
 
 pytestmark = pytest.mark.django_db
 
 
+@pytest.mark.slow  # runs the model
 def test_similar_finds_a_catalogue_photo_first(embedded_catalogue, fashion_dataset):
     out = StringIO()
     call_command("similar", str(fashion_dataset / "images" / "10007.jpg"), "--k", "5", stdout=out)
@@ -36,9 +40,9 @@ def test_similar_rejects_a_non_image(embedded_catalogue, tmp_path):
 
 def test_nearest_products_are_distinct_products_best_first(embedded_catalogue):
     image = ProductImage.objects.select_related("product").order_by("pk")[7]
-    vector = stored_vector(image.pk, "efficientnet_lite2")
+    vector = stored_vector(image.pk, LITE2)
 
-    neighbours = nearest_products(vector, k=5, exclude_product_id=image.product_id)
+    neighbours = nearest_products(vector, LITE2, k=5, exclude_product_id=image.product_id)
 
     assert len(neighbours) == 5
     assert image.product not in [n.product for n in neighbours]
@@ -51,8 +55,8 @@ def test_neighbours_share_the_article_type_more_than_chance(embedded_catalogue):
     products = list(Product.objects.with_images())
     same = total = 0
     for product in products:
-        vector = stored_vector(product.primary_image.pk, "efficientnet_lite2")
-        for neighbour in nearest_products(vector, k=5, exclude_product_id=product.pk):
+        vector = stored_vector(product.primary_image.pk, LITE2)
+        for neighbour in nearest_products(vector, LITE2, k=5, exclude_product_id=product.pk):
             same += neighbour.product.article_type == product.article_type
             total += 1
     types = [p.article_type for p in products]
@@ -65,7 +69,7 @@ def test_square_modes_on_a_tall_photo(mode, expected_white_rows):
     from PIL import Image
 
     tall = Image.new("RGB", (100, 200), (200, 30, 30))
-    pixels = square_pixels(tall, 50, mode)
+    pixels = image_pixels(tall, 50, mode)
     assert pixels.shape == (50, 50, 3)
     assert (pixels[:, 0] == 255).all() == expected_white_rows  # padding adds white at the sides
 
@@ -75,5 +79,5 @@ def test_trim_mode_crops_the_white_margin():
 
     photo = Image.new("RGB", (200, 200), (255, 255, 255))
     photo.paste((0, 0, 0), (80, 80, 120, 120))
-    pixels = square_pixels(photo, 40, "trim")
+    pixels = image_pixels(photo, 40, "trim")
     assert pixels.mean() < 30, "the product fills the frame"

@@ -12,22 +12,15 @@ from django.urls import reverse
 from PIL import Image
 
 from catalog.models import Product, ProductImage
-from recommender import search as search_module
-from recommender.index import build_index
+from recommender.encoding.backbones import get_backbone
+from recommender.retrieval import build_index
+from recommender.retrieval import search as search_module
+from tests.helpers import photo_upload
 
 pytestmark = pytest.mark.django_db
 SEARCH = reverse("recommender:visual-search")
-API_SEARCH = reverse("recommender:api-search")
-
-
-@pytest.fixture
-def indexed_catalogue(embedded_catalogue):
-    build_index("efficientnet_lite2")
-    return embedded_catalogue
-
-
-def photo_upload(fashion_dataset: Path, sku: str = "10007", name: str = "my photo.jpg") -> SimpleUploadedFile:
-    return SimpleUploadedFile(name, (fashion_dataset / "images" / f"{sku}.jpg").read_bytes(), content_type="image/jpeg")
+API_SEARCH = reverse("api:search")
+LITE2 = get_backbone("efficientnet_lite2")
 
 
 def common_value(field: str, at_least: int = 5) -> str:
@@ -55,6 +48,7 @@ def test_product_page_shows_five_other_products(client, indexed_catalogue):
     assert "similar;dur=" in response["Server-Timing"]
 
 
+@pytest.mark.slow  # runs the model
 def test_one_card_per_product_and_never_another_photo_of_itself(client, indexed_catalogue, fashion_dataset):
     from recommender.embedding import embed_catalogue
 
@@ -66,7 +60,7 @@ def test_one_card_per_product_and_never_another_photo_of_itself(client, indexed_
             position=1,
             image=ContentFile((fashion_dataset / "images" / f"{sku}.jpg").read_bytes(), name="x.jpg"),
         )
-    embed_catalogue("efficientnet_lite2")
+    embed_catalogue(LITE2)
 
     response = client.get(product.get_absolute_url())
 
@@ -83,7 +77,7 @@ def test_same_gender_and_same_type_options(client, indexed_catalogue):
     assert len(same_type) == 5 and all(n.product.article_type == article_type for n in same_type)
 
     both = client.get(product.get_absolute_url(), {"same_type": "1", "same_gender": "1"})
-    assert all(
+    assert both.context["similar"].neighbours and all(
         n.product.article_type == article_type and n.product.gender == product.gender
         for n in both.context["similar"].neighbours
     )
@@ -95,7 +89,7 @@ def test_filters_widen_the_search_until_five_products_match(client, indexed_cata
     article_type = common_value("article_type")
     product = Product.objects.exclude(article_type=article_type).first()
 
-    response = client.get(reverse("recommender:api-similar", args=[product.pk]), {"article_type": article_type})
+    response = client.get(reverse("api:similar", args=[product.pk]), {"article_type": article_type})
 
     results = response.json()["results"]
     assert len(results) == 5 and all(r["article_type"] == article_type for r in results)
@@ -122,7 +116,7 @@ def test_similar_items_are_cached_until_the_index_changes(client, indexed_catalo
     first, computed = page_queries()
     again, cached = page_queries()
     assert again == first and cached < computed
-    build_index("efficientnet_lite2", force=True)
+    build_index(LITE2, force=True)
     after_rebuild, recomputed = page_queries()
     assert after_rebuild == first and recomputed > cached
 
@@ -139,12 +133,13 @@ def test_search_page_has_an_upload_form(client, catalogue):
     assert reverse("recommender:visual-search").encode() in client.get("/").content, "linked from the header"
 
 
+@pytest.mark.slow  # runs the model
 def test_a_catalogue_photo_finds_its_own_product_first(
     client, indexed_catalogue, fashion_dataset, media_root, settings
 ):
     files_before = sorted(media_root.rglob("*"))
 
-    response = client.post(SEARCH, {"image": photo_upload(fashion_dataset)})
+    response = client.post(SEARCH, {"image": photo_upload()})
 
     assert response.status_code == 200
     neighbours = response.context["result"].neighbours
@@ -156,19 +151,21 @@ def test_a_catalogue_photo_finds_its_own_product_first(
     assert not Path(settings.VISUAL_SEARCH_UPLOAD_DIR).exists()
 
 
+@pytest.mark.slow  # runs the model
 def test_search_filters(client, indexed_catalogue, fashion_dataset):
     gender = common_value("gender")
-    response = client.post(SEARCH, {"image": photo_upload(fashion_dataset), "gender": gender})
+    response = client.post(SEARCH, {"image": photo_upload(), "gender": gender})
     neighbours = response.context["result"].neighbours
     assert len(neighbours) == 5 and all(n.product.gender == gender for n in neighbours)
 
 
+@pytest.mark.slow  # runs the model
 def test_kept_uploads_go_to_a_private_folder(
     client, indexed_catalogue, fashion_dataset, settings, tmp_path, media_root
 ):
     settings.VISUAL_SEARCH_KEEP_UPLOADS = True
     settings.VISUAL_SEARCH_UPLOAD_DIR = tmp_path / "private-uploads"
-    client.post(SEARCH, {"image": photo_upload(fashion_dataset)})
+    client.post(SEARCH, {"image": photo_upload()})
     kept = list((tmp_path / "private-uploads").rglob("*.jpg"))
     assert len(kept) == 1
     assert not str(kept[0]).startswith(str(media_root))
@@ -211,7 +208,7 @@ def test_bad_uploads_get_a_400_with_a_helpful_message(
 
 def test_too_large_uploads_are_refused(client, indexed_catalogue, fashion_dataset, settings):
     settings.IMAGE_UPLOAD_MAX_BYTES = 5_000
-    page = client.post(SEARCH, {"image": photo_upload(fashion_dataset)})
+    page = client.post(SEARCH, {"image": photo_upload()})
     assert page.status_code == 400 and b"limit" in page.content
 
     settings.IMAGE_UPLOAD_MAX_BYTES = 200_000  # the body is small enough to read; the file is checked itself
@@ -228,7 +225,7 @@ def test_missing_photo(client, indexed_catalogue):
 
 def test_search_form_is_csrf_protected(indexed_catalogue, fashion_dataset):
     strict = Client(enforce_csrf_checks=True)
-    assert strict.post(SEARCH, {"image": photo_upload(fashion_dataset)}).status_code == 403
+    assert strict.post(SEARCH, {"image": photo_upload()}).status_code == 403
 
 
 # --- JSON API ------------------------------------------------------------------------------------
@@ -237,7 +234,7 @@ def test_search_form_is_csrf_protected(indexed_catalogue, fashion_dataset):
 def test_api_similar(client, indexed_catalogue):
     product = Product.objects.get(sku="10007")
 
-    response = client.get(reverse("recommender:api-similar", args=[product.pk]), {"k": "3"})
+    response = client.get(reverse("api:similar", args=[product.pk]), {"k": "3"})
 
     assert response.status_code == 200
     body = response.json()
@@ -265,7 +262,7 @@ def test_api_similar(client, indexed_catalogue):
 
 
 def test_api_similar_errors_and_pending(client, catalogue):
-    missing = client.get(reverse("recommender:api-similar", args=[987654]))
+    missing = client.get(reverse("api:similar", args=[987654]))
     assert missing.status_code == 404 and missing.json()["error"] == {
         "status": 404,
         "code": "not_found",
@@ -273,18 +270,41 @@ def test_api_similar_errors_and_pending(client, catalogue):
     }
 
     product = Product.objects.first()
-    bad_k = client.get(reverse("recommender:api-similar", args=[product.pk]), {"k": "500"})
+    bad_k = client.get(reverse("api:similar", args=[product.pk]), {"k": "500"})
     assert bad_k.status_code == 400 and "k" in bad_k.json()["error"]["details"]
 
-    pending = client.get(reverse("recommender:api-similar", args=[product.pk])).json()
+    pending = client.get(reverse("api:similar", args=[product.pk])).json()
     assert pending["status"] == "pending" and pending["results"] == []
 
 
+@pytest.mark.slow  # runs the model
 def test_api_search(client, indexed_catalogue, fashion_dataset):
-    response = client.post(API_SEARCH, {"image": photo_upload(fashion_dataset), "k": "4"})
+    response = client.post(API_SEARCH, {"image": photo_upload(), "k": "4"})
 
     assert response.status_code == 200
     results = response.json()["results"]
     assert len(results) == 4 and results[0]["sku"] == "10007"
     assert client.get(API_SEARCH).status_code == 405
     assert client.post(API_SEARCH, {}).json()["error"]["code"] == "required"
+
+
+def test_api_publishes_its_openapi_schema_and_docs(client):
+    schema = client.get("/api/openapi.json").json()
+
+    paths = schema["paths"]
+    assert set(paths) >= {"/api/products/{pk}/similar", "/api/search", "/api/recommender/status"}
+    similar = paths["/api/products/{pk}/similar"]["get"]
+    assert {p["name"] for p in similar["parameters"]} >= {"pk", "k", "gender", "article_type"}
+    assert {"200", "400", "404"} <= set(similar["responses"])
+    body = paths["/api/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["required"] == ["image"] and body["properties"]["image"]["format"] == "binary"
+    docs = client.get("/api/docs")
+    assert docs.status_code == 200 and b"cdn." not in docs.content, "the docs' JavaScript is served locally"
+
+
+def test_api_errors_use_one_envelope(client, catalogue):
+    product = Product.objects.first()
+    not_a_number = client.get(reverse("api:similar", args=[product.pk]), {"k": "many"})
+    assert not_a_number.status_code == 400
+    error = not_a_number.json()["error"]
+    assert (error["status"], error["code"]) == (400, "invalid") and "k" in error["details"]

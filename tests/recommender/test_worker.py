@@ -9,23 +9,17 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from catalog.models import Product, ProductImage
-from recommender.embedding import embed_catalogue
-from recommender.index import build_index, current_version_dir
+from recommender.encoding.backbones import get_backbone
 from recommender.models import ImageEmbedding
-from recommender.search import candidate_images, nearest_products
+from recommender.retrieval import build_index, nearest_products
+from recommender.retrieval.search import candidate_images
+from recommender.retrieval.versions import current_version_dir
 from recommender.tasks import queue_embeddings, sweep_missing_embeddings
-from tests.catalog.test_admin import add_product_form
-from tests.conftest import stored_vector
+from tests.helpers import add_product_form, stored_vector
 from tests.processes import wait_until
 
-LITE2 = "efficientnet_lite2"
+LITE2 = get_backbone("efficientnet_lite2")
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
-
-
-@pytest.fixture
-def staff_client(client, django_user_model):
-    client.force_login(django_user_model.objects.create_superuser("staff", "staff@example.com", "a-long-password"))
-    return client
 
 
 def add_product_in_admin(client, fashion_dataset, sku="NEW-001", image="10020.jpg"):
@@ -38,14 +32,12 @@ def add_product_in_admin(client, fashion_dataset, sku="NEW-001", image="10020.jp
 
 
 def embedding_of(image: ProductImage) -> ImageEmbedding | None:
-    return ImageEmbedding.objects.filter(image=image, backbone=LITE2).first()
+    return ImageEmbedding.objects.for_backbone(LITE2).filter(image=image).first()
 
 
 def test_an_image_added_in_admin_is_embedded_searchable_and_indexed(
-    catalogue, celery_worker, staff_client, fashion_dataset
+    indexed_catalogue, celery_worker, staff_client, fashion_dataset
 ):
-    embed_catalogue(LITE2)
-    build_index(LITE2)
     celery_worker.start()
 
     image = add_product_in_admin(staff_client, fashion_dataset)
@@ -56,16 +48,16 @@ def test_an_image_added_in_admin_is_embedded_searchable_and_indexed(
     before_rebuild = candidate_images(query, 5, LITE2)
     assert before_rebuild.source == "index" and before_rebuild.image_ids[0] == image.pk
     assert image.pk not in np.load(current_version_dir(LITE2) / "image_ids.npy")
-    assert nearest_products(query, k=5)[0].product.sku == "NEW-001"
+    assert nearest_products(query, LITE2, k=5)[0].product.sku == "NEW-001"
 
     assert build_index(LITE2, force=False).reason == "built"
     assert image.pk in np.load(current_version_dir(LITE2) / "image_ids.npy")
-    assert nearest_products(query, k=5)[0].product.sku == "NEW-001"
+    assert nearest_products(query, LITE2, k=5)[0].product.sku == "NEW-001"
 
 
 def test_a_worker_killed_mid_task_embeds_the_images_exactly_once_after_restart(catalogue, celery_worker, redis_server):
     image_ids = list(ProductImage.objects.values_list("pk", flat=True))
-    assert queue_embeddings(image_ids, LITE2)
+    assert queue_embeddings(image_ids, LITE2.name)
     celery_worker.start()
     celery_worker.wait_for_log("Task recommender.tasks.embed_images_task", 30)
     time.sleep(1.0)  # loading TensorFlow and the model: the task is under way
@@ -78,7 +70,7 @@ def test_a_worker_killed_mid_task_embeds_the_images_exactly_once_after_restart(c
     celery_worker.start()
     wait_until(lambda: ImageEmbedding.objects.count() == 60, 120, "the redelivered task to finish")
     time.sleep(2)
-    assert ImageEmbedding.objects.filter(backbone=LITE2, status="done").count() == 60
+    assert ImageEmbedding.objects.for_backbone(LITE2).done().count() == 60
     # A redelivery may overlap (the visibility timeout is short here) but finds nothing left to do.
     results = re.findall(r"succeeded in [0-9.]+s: \{'embedded': (\d+)", celery_worker.log())
     assert results and sum(map(int, results)) == 60, "every image embedded exactly once"
@@ -86,9 +78,8 @@ def test_a_worker_killed_mid_task_embeds_the_images_exactly_once_after_restart(c
 
 
 def test_with_redis_down_products_are_still_added_and_embedded_once_it_is_back(
-    catalogue, celery_worker, staff_client, fashion_dataset, redis_server
+    embedded_catalogue, celery_worker, staff_client, fashion_dataset, redis_server
 ):
-    embed_catalogue(LITE2)
     redis_server.stop()
     try:
         started = time.monotonic()

@@ -20,7 +20,7 @@ class Command(BaseCommand):
             raise CommandError(f"{styles} does not exist: the folder must hold styles.csv and images/<id>.jpg")
         if limit is not None and limit < 0:
             raise CommandError("--limit must be zero or more")
-        with styles.open(encoding="utf-8-sig") as handle:
+        with styles.open("rb") as handle:
             total = max(sum(1 for _ in handle) - 1, 0)
         total = total if limit is None else min(total, limit)
         try:

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from recommender.backbones import BACKBONES
-from recommender.index import build_index
+from recommender.encoding.backbones import BACKBONES, get_backbone
+from recommender.retrieval import build_index
 
 
 class Command(BaseCommand):
@@ -15,7 +15,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, backbone, trees, if_stale, **options):
-        result = build_index(backbone, n_trees=trees, force=not if_stale)
+        result = build_index(get_backbone(backbone), n_trees=trees, force=not if_stale)
         manifest = result.manifest
         if result.reason == "built":
             self.stdout.write(

@@ -3,8 +3,9 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from recommender.backbones import BACKBONES, WeightsNotFound, get_backbone
-from recommender.embedding import embed_catalogue, images_missing_embeddings
+from recommender.embedding import embed_catalogue
+from recommender.encoding.backbones import BACKBONES, WeightsNotFound, get_backbone
+from recommender.models import ImageEmbedding
 
 
 class Command(BaseCommand):
@@ -18,7 +19,7 @@ class Command(BaseCommand):
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1")
         backbone = get_backbone(backbone)
-        pending = images_missing_embeddings(backbone.name).count()
+        pending = ImageEmbedding.objects.missing_images(backbone).count()
         if not pending:
             self.stdout.write(f"Every image already has a {backbone.name} embedding.")
             return
@@ -34,7 +35,7 @@ class Command(BaseCommand):
                 bar.set_postfix(failed=failed)
 
             try:
-                report = embed_catalogue(backbone.name, batch_size=batch_size, on_batch=progress)
+                report = embed_catalogue(backbone, batch_size=batch_size, on_batch=progress)
             except WeightsNotFound as exc:
                 raise CommandError(str(exc)) from exc
         elapsed = time.monotonic() - started

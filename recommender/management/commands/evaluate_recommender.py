@@ -5,8 +5,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from recommender.backbones import BACKBONES, get_backbone
-from recommender.evaluation import LABELS, evaluate_catalogue
+from recommender.encoding.backbones import BACKBONES, get_backbone
+from recommender.evaluation.runner import LABELS, evaluate_catalogue
 
 
 class Command(BaseCommand):
@@ -32,7 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", type=Path, help="Write the full report here.")
 
     def handle(self, backbone, k, sample, limit, baselines, control, json: Path | None, **options):
-        backbone = get_backbone(backbone).name
+        backbone = get_backbone(backbone)
         try:
             report = evaluate_catalogue(backbone, k=k, sample=sample, limit=limit, baselines=baselines, control=control)
         except ValueError as exc:

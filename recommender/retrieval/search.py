@@ -15,8 +15,8 @@ from django.conf import settings
 
 from catalog.models import Product, ProductImage
 
-from .backbones import get_backbone
-from .index import index_reader, recent_embeddings
+from ..encoding.backbones import Backbone
+from .reader import index_reader, recent_embeddings
 from .vectors import embedding_matrix
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Candidates:
     source: str  # "index" or "exact"
 
 
-def candidate_images(query: np.ndarray, count: int, backbone: str) -> Candidates:
+def candidate_images(query: np.ndarray, count: int, backbone: Backbone) -> Candidates:
     """The `count` images most similar to `query`, re-ranked by exact cosine."""
     query = np.asarray(query, dtype=np.float32)
     index = index_reader(backbone).get()
@@ -67,15 +67,14 @@ def candidate_images(query: np.ndarray, count: int, backbone: str) -> Candidates
 
 def nearest_products(
     query: np.ndarray,
+    backbone: Backbone,
     *,
     k: int = 5,
-    backbone: str | None = None,
     exclude_product_id: int | None = None,
     gender: str = "",
     article_type: str = "",
 ) -> list[Neighbour]:
     """The k products most similar to `query`, best first, one per product, matching the filters."""
-    backbone = get_backbone(backbone).name
     wanted = k * CANDIDATES_PER_RESULT
     while True:
         candidates = candidate_images(query, wanted, backbone)

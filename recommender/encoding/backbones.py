@@ -130,10 +130,11 @@ def resnet50_weights() -> Path:
 
 
 def _build_resnet50():
+    weights = resnet50_weights()
     import keras
 
     return keras.applications.ResNet50(
-        include_top=False, weights=str(resnet50_weights()), pooling="max", input_shape=(224, 224, 3)
+        include_top=False, weights=str(weights), pooling="max", input_shape=(224, 224, 3)
     )
 
 

@@ -1,0 +1,219 @@
+"""The JSON API (django-ninja): similar products, search by photo and the index in use.
+
+Its OpenAPI schema is served at /api/openapi.json and browsable at /api/docs. Every error has the
+same envelope: {"error": {"status", "code", "message", "details"?}}.
+"""
+
+from typing import Literal
+
+from django.http import HttpRequest
+from ninja import NinjaAPI, Query, Schema
+from ninja.errors import ValidationError
+from pydantic import Field
+
+from catalog.models import Product, ProductImage
+
+from .encoding.backbones import get_backbone
+from .forms import MAX_RESULTS
+from .retrieval import Neighbour, index_in_use
+from .similar import similar_products
+from .timing import record_timing
+from .views import PhotoSearch
+
+api = NinjaAPI(
+    title="Lookalike API",
+    version="1.0",
+    description="Visually similar products of a fashion catalogue, by product or by photo.",
+    urls_namespace="api",
+)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+class ErrorBody(Schema):
+    status: int
+    code: str = Field(description="required, empty, not_image, too_large, too_many_pixels, corrupt, invalid, not_found")
+    message: str
+    details: dict | None = Field(None, description="Per-field errors, when a parameter was invalid.")
+
+
+class ErrorOut(Schema):
+    error: ErrorBody
+
+
+class ProductOut(Schema):
+    id: int
+    sku: str
+    name: str
+    url: str
+    gender: str
+    master_category: str
+    sub_category: str
+    article_type: str
+    base_colour: str
+    season: str
+    year: int | None
+    usage: str
+    image_url: str | None
+
+
+class ResultOut(ProductOut):
+    score: float = Field(description="Cosine similarity of the photos.")
+
+
+class SimilarOut(Schema):
+    status: Literal["ok", "pending"]
+    message: str | None = Field(None, description="Why there are no results yet, while pending.")
+    backbone: str
+    product: ProductOut
+    results: list[ResultOut]
+
+
+class SearchOut(Schema):
+    status: Literal["ok"]
+    backbone: str
+    results: list[ResultOut]
+
+
+class IndexStatusOut(Schema):
+    backbone: str
+    search: Literal["index", "exact"]
+    index_version: str | None
+    index_items: int | None
+
+
+class SimilarQuery(Schema):
+    k: int = Field(5, ge=1, le=MAX_RESULTS, description="How many products.")
+    gender: str = Field("", max_length=32, description="Only products of this gender.")
+    article_type: str = Field("", max_length=64, description="Only products of this article type.")
+
+
+def _error(status: int, code: str, message: str, details: dict | None = None):
+    body = {"status": status, "code": code, "message": message}
+    if details:
+        body["details"] = details
+    return {"error": body}
+
+
+@api.exception_handler(ApiError)
+def api_error(request, exc: ApiError):
+    return api.create_response(request, _error(exc.status, exc.code, exc.message, exc.details), status=exc.status)
+
+
+@api.exception_handler(ValidationError)
+def invalid_parameters(request, exc: ValidationError):
+    """Ninja's parameter errors in the API's envelope: 400, code `required` or `invalid`."""
+    details: dict[str, list[dict]] = {}
+    for error in exc.errors:
+        code = "required" if error["type"] == "missing" else "invalid"
+        details.setdefault(str(error["loc"][-1]), []).append({"message": error["msg"], "code": code})
+    codes = {entry["code"] for entries in details.values() for entry in entries}
+    code = "required" if codes == {"required"} else "invalid"
+    message = "Required parameters are missing." if code == "required" else "Invalid parameters."
+    return api.create_response(request, _error(400, code, message, details), status=400)
+
+
+def product_json(request: HttpRequest, product: Product, image: ProductImage | None) -> dict:
+    return {
+        "id": product.pk,
+        "sku": product.sku,
+        "name": product.name,
+        "url": request.build_absolute_uri(product.get_absolute_url()),
+        "gender": product.gender,
+        "master_category": product.master_category,
+        "sub_category": product.sub_category,
+        "article_type": product.article_type,
+        "base_colour": product.base_colour,
+        "season": product.season,
+        "year": product.year,
+        "usage": product.usage,
+        "image_url": request.build_absolute_uri(image.image.url) if image else None,
+    }
+
+
+def _results(request, neighbours: list[Neighbour]) -> list[dict]:
+    return [{**product_json(request, n.product, n.image), "score": round(n.score, 4)} for n in neighbours]
+
+
+@api.get(
+    "/products/{int:pk}/similar",
+    response={200: SimilarOut, 400: ErrorOut, 404: ErrorOut},
+    exclude_none=True,
+    url_name="similar",
+    summary="The products that look most like a product",
+)
+def similar(request, pk: int, filters: Query[SimilarQuery]):
+    """Best first, never the product itself; `pending` with no results while its photo is not embedded yet."""
+    product = Product.objects.filter(pk=pk).with_images().first()
+    if product is None:
+        raise ApiError(404, "not_found", f"There is no product {pk}.")
+    backbone = get_backbone()
+    found = similar_products(product, backbone, k=filters.k, gender=filters.gender, article_type=filters.article_type)
+    record_timing(request, similar=found.seconds)
+    body = {
+        "status": "pending" if found.pending else "ok",
+        "backbone": backbone.name,
+        "product": product_json(request, product, product.primary_image),
+        "results": _results(request, found.neighbours),
+    }
+    if found.pending:
+        body["message"] = "This product's photo has not been analysed yet."
+    return body
+
+
+# The body is read and validated by the same form as the search page (after a Content-Length check,
+# before anything is read), so it is described here rather than parsed by ninja.
+SEARCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP, GIF, BMP or TIFF"},
+                    "gender": {"type": "string", "description": "Only products of this gender."},
+                    "article_type": {"type": "string", "description": "Only products of this article type."},
+                    "k": {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS, "default": 5},
+                },
+            }
+        }
+    },
+}
+
+
+@api.post(
+    "/search",
+    response={200: SearchOut, 400: ErrorOut},
+    url_name="search",
+    summary="The products that look most like a photo",
+    openapi_extra={"requestBody": SEARCH_BODY},
+)
+def search(request):
+    """Multipart upload of a photo; the photo is not kept."""
+    backbone = get_backbone()
+    photo_search = PhotoSearch.run(request, backbone)
+    if photo_search.too_large:
+        raise ApiError(400, "too_large", photo_search.too_large)
+    if photo_search.result is None:
+        errors = photo_search.form.errors.get_json_data()
+        first = next(iter(errors.values()))[0]
+        raise ApiError(400, first["code"], first["message"], errors)
+    return {"status": "ok", "backbone": backbone.name, "results": _results(request, photo_search.result.neighbours)}
+
+
+@api.get("/recommender/status", response=IndexStatusOut, url_name="index-status", summary="The index in use")
+def index_status(request):
+    """Which index version this web process answers from (for health checks and operators)."""
+    backbone = get_backbone()
+    manifest = index_in_use(backbone)
+    return {
+        "backbone": backbone.name,
+        "search": "index" if manifest else "exact",
+        "index_version": manifest.version if manifest else None,
+        "index_items": manifest.items if manifest else None,
+    }

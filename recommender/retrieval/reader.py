@@ -1,0 +1,125 @@
+"""Each process's view of the current index version, and of the embeddings written since it was built.
+
+A reader checks where `current` points on every search (one readlink) and loads a new version
+before letting go of the old one; a version that is missing or fails its checksums is never used.
+"""
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from ..encoding.backbones import Backbone
+from ..models import ImageEmbedding
+from .versions import (
+    DELTA_OVERLAP,
+    IndexManifest,
+    LoadedIndex,
+    UnusableIndex,
+    current_link,
+    current_version_dir,
+    load_version,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class IndexReader:
+    """One process's view of a backbone's current index; follows `current` without a restart."""
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+        self.loaded: LoadedIndex | None = None
+        self._unusable: Path | None = None  # the last version that failed to load
+        self._lock = threading.Lock()
+
+    def get(self) -> LoadedIndex | None:
+        target = current_version_dir(self.backbone)
+        loaded = self.loaded
+        if target is None:
+            if loaded is not None or self._unusable != Path():
+                logger.warning("No %s index at %s: searching exactly", self.backbone.name, current_link(self.backbone))
+                self._unusable = Path()
+            self.loaded = None
+            return None
+        if loaded is not None and loaded.directory == target:
+            return loaded
+        if target == self._unusable:
+            return loaded
+        with self._lock:
+            if self.loaded is not None and self.loaded.directory == target:
+                return self.loaded
+            try:
+                self.loaded = load_version(target)
+                self._unusable = None
+                logger.info("Using %s index %s (%d items)", self.backbone.name, target.name, len(self.loaded))
+            except UnusableIndex as exc:
+                self._unusable = target
+                logger.error(
+                    "Cannot use index %s (%s); %s",
+                    target,
+                    exc,
+                    "keeping the previous one" if self.loaded else "searching exactly",
+                )
+            return self.loaded
+
+
+_readers: dict[str, IndexReader] = {}
+_readers_lock = threading.Lock()
+
+
+def index_reader(backbone: Backbone) -> IndexReader:
+    with _readers_lock:
+        if backbone.name not in _readers:
+            _readers[backbone.name] = IndexReader(backbone)
+        return _readers[backbone.name]
+
+
+def index_in_use(backbone: Backbone) -> IndexManifest | None:
+    """The manifest of the index this process answers from; None while it searches exactly."""
+    loaded = index_reader(backbone).get()
+    return loaded.manifest if loaded else None
+
+
+@dataclass(frozen=True)
+class RecentEmbeddings:
+    """Embeddings written after an index was built."""
+
+    image_ids: np.ndarray
+    vectors: np.ndarray
+    withdrawn: np.ndarray  # images whose newest embedding failed: not searchable any more
+
+
+_recent: dict[tuple, RecentEmbeddings] = {}
+_recent_lock = threading.Lock()
+
+
+def recent_embeddings(backbone: Backbone, since: datetime | None) -> RecentEmbeddings:
+    """What changed since `since`; re-read only when a newer embedding exists (one indexed query)."""
+    rows = ImageEmbedding.objects.for_backbone(backbone)
+    if since is not None:
+        rows = rows.filter(computed_at__gt=since - DELTA_OVERLAP)
+    latest = rows.order_by("-computed_at").values_list("computed_at", flat=True).first()
+    key = (backbone.name, since, latest)
+    with _recent_lock:
+        if key in _recent:
+            return _recent[key]
+    fresh_ids, vectors, withdrawn = [], [], []
+    for image_id, status, vector in rows.values_list("image_id", "status", "vector"):
+        if status == ImageEmbedding.Status.DONE:
+            fresh_ids.append(image_id)
+            vectors.append(vector)
+        else:
+            withdrawn.append(image_id)
+    recent = RecentEmbeddings(
+        np.array(fresh_ids, dtype=np.int64),
+        np.vstack(vectors) if vectors else np.zeros((0, backbone.dimension), np.float32),
+        np.array(withdrawn, dtype=np.int64),
+    )
+    with _recent_lock:
+        _recent.clear()  # only the newest state is ever asked for again
+        _recent[key] = recent
+    return recent
