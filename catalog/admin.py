@@ -8,7 +8,7 @@ def _image_tag(product_image: ProductImage | None, size: int):
     if product_image is None:
         return "—"
     return format_html(
-        '<img src="{}" alt="" style="width:{}px;height:{}px;object-fit:contain;background:#fff;border-radius:4px">',
+        '<img src="{}" class="admin-thumbnail" alt="" width="{}" height="{}">',
         product_image.image.url,
         size,
         size,
@@ -41,6 +41,9 @@ class ProductAdmin(admin.ModelAdmin):
         ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
     inlines = [ProductImageInline]
+
+    class Media:
+        css = {"all": ["css/admin.css"]}
 
     def get_queryset(self, request):
         return super().get_queryset(request).with_images()

@@ -7,20 +7,21 @@ from .images import normalise_image, open_image, upright_rgb
 
 
 class ImageUploadField(forms.FileField):
-    """A file that must decode as a supported image; the cleaned file carries it decoded, upright and
-    in RGB, as `.image`."""
+    """A file that must decode as a supported image within `max_pixels`; the cleaned file carries it
+    decoded, upright, in RGB and at most `max_side` pixels a side, as `.image`."""
 
     widget = forms.ClearableFileInput(attrs={"accept": "image/*"})
 
-    def __init__(self, *, draft_size: int | None = None, **kwargs):
-        self.draft_size = draft_size
+    def __init__(self, *, max_side: int | None = None, max_pixels: int | None = None, **kwargs):
+        self.max_side, self.max_pixels = max_side, max_pixels
         super().__init__(**kwargs)
 
     def to_python(self, data):
         upload = super().to_python(data)
         if upload is None:
             return None
-        upload.image = upright_rgb(open_image(upload, draft_size=self.draft_size))
+        image = open_image(upload, max_pixels=self.max_pixels, draft_size=self.max_side)
+        upload.image = upright_rgb(image, self.max_side)
         return upload
 
 

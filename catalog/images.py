@@ -8,6 +8,7 @@ carried (metadata, appended HTML) and fixes their orientation and colour mode.
 
 import hashlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -20,8 +21,12 @@ from django.template.defaultfilters import filesizeformat
 from PIL import Image, ImageOps
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG includes MPO (phone photos)
+# Modes Pillow resamples smoothly as they are (it premultiplies the alpha of RGBA and LA itself).
+RESIZABLE_MODES = ("RGB", "RGBA", "L", "LA", "CMYK", "YCbCr")
 STORED_JPEG_QUALITY = 90
 WHITE = (255, 255, 255)
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,12 @@ def open_image(
             raise _corrupt(exc) from exc
         if image.width * image.height > max_pixels:
             raise _too_many_pixels(max_pixels, image.width, image.height)
+        if max(image.size) > settings.IMAGE_MAX_ASPECT_RATIO * max(min(image.size), 1):
+            raise ValidationError(
+                "The image is %(width)s×%(height)s pixels; one side may be at most %(ratio)s times the other.",
+                code="aspect_ratio",
+                params={"width": image.width, "height": image.height, "ratio": settings.IMAGE_MAX_ASPECT_RATIO},
+            )
         if draft_size and image.format in ("JPEG", "MPO"):
             image.draft("RGB", (draft_size, draft_size))
         try:
@@ -114,9 +125,8 @@ def _too_many_pixels(max_pixels: int, width: int | None = None, height: int | No
 
 
 def _corrupt(exc: Exception) -> ValidationError:
-    return ValidationError(
-        "The image data is damaged or incomplete (%(reason)s).", code="corrupt", params={"reason": exc}
-    )
+    logger.info("Undecodable image: %s", exc)  # Pillow's own words are for us, not for the uploader
+    return ValidationError("The image data is damaged or incomplete.", code="corrupt")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -135,17 +145,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def upright_rgb(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation, then flatten to RGB."""
+def upright_rgb(image: Image.Image, max_side: int | None = None) -> Image.Image:
+    """Shrink to at most `max_side` pixels a side, apply the EXIF orientation, then flatten to RGB.
+
+    Shrinking comes first and in the image's own mode where Pillow can, so that a large image is
+    never copied whole by the conversions that follow.
+    """
+    if max_side and max(image.size) > max_side:
+        if image.mode not in RESIZABLE_MODES:
+            image = to_rgb(image)
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return to_rgb(ImageOps.exif_transpose(image))
 
 
 def normalise_image(file: BinaryIO, *, max_side: int | None = None) -> NormalisedImage:
     """Validate an incoming image and re-encode it as the JPEG we store (raises ValidationError)."""
     max_side = settings.CATALOG_IMAGE_MAX_SIDE if max_side is None else max_side
-    image = upright_rgb(open_image(file, draft_size=max_side))
-    if max(image.size) > max_side:
-        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    image = upright_rgb(open_image(file, draft_size=max_side), max_side)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=STORED_JPEG_QUALITY)
     content = buffer.getvalue()

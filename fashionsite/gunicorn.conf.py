@@ -3,6 +3,9 @@
 import os
 import threading
 
+# Web processes bound every SQL statement (workers and commands do not).
+os.environ.setdefault("DATABASE_STATEMENT_TIMEOUT_MS", "10000")
+
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 timeout = 60

@@ -75,6 +75,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -83,6 +84,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "recommender.timing.ServerTimingMiddleware",
+    "recommender.api.JsonErrorsMiddleware",
+    "fashionsite.middleware.ServiceUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "fashionsite.urls"
@@ -111,6 +114,11 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# Longest a single SQL statement may run (0: no limit). gunicorn.conf.py sets it for web processes,
+# so that no page waits on the database for ever; workers and commands run long queries.
+DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 0)
+if DATABASE_STATEMENT_TIMEOUT_MS:
+    DATABASES["default"].setdefault("OPTIONS", {})["options"] = f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS}"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -148,12 +156,16 @@ SERVE_MEDIA = env_bool("DJANGO_SERVE_MEDIA", DEBUG)
 # Images from outside (staff uploads, imports, shoppers' search photos): what we accept.
 IMAGE_UPLOAD_MAX_BYTES = env_int("IMAGE_UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
 IMAGE_UPLOAD_MAX_PIXELS = env_int("IMAGE_UPLOAD_MAX_PIXELS", 40_000_000)
+# A 10000×100 "photo" is an attack, not a garment.
+IMAGE_MAX_ASPECT_RATIO = env_int("IMAGE_MAX_ASPECT_RATIO", 10)
 # Stored product images are shrunk to this many pixels a side.
 CATALOG_IMAGE_MAX_SIDE = env_int("CATALOG_IMAGE_MAX_SIDE", 1600)
 CATALOG_PAGE_SIZE = env_int("CATALOG_PAGE_SIZE", 24)
 # Django only counts non-file form data against DATA_UPLOAD_MAX_MEMORY_SIZE; files are capped
 # by the image validator above.
-FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # larger files are streamed to a temporary file
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # form fields other than files
+DATA_UPLOAD_MAX_NUMBER_FILES = 20
 
 # Visual recommender.
 EMBEDDING_BACKBONE = env_str("EMBEDDING_BACKBONE", "efficientnet_lite2")
@@ -165,6 +177,21 @@ EMBEDDING_ALLOW_DOWNLOAD = env_bool("EMBEDDING_ALLOW_DOWNLOAD", True)
 # Shoppers' search photos are discarded after the request unless this is set; kept ones go to a
 # private folder, never to public media.
 VISUAL_SEARCH_KEEP_UPLOADS = env_bool("VISUAL_SEARCH_KEEP_UPLOADS", False)
+# Shoppers' photos: a smaller pixel budget than staff uploads (a 24-megapixel phone photo fits), and
+# shrunk to this many pixels a side as soon as they are decoded.
+VISUAL_SEARCH_MAX_PIXELS = env_int("VISUAL_SEARCH_MAX_PIXELS", 30_000_000)
+VISUAL_SEARCH_IMAGE_MAX_SIDE = env_int("VISUAL_SEARCH_IMAGE_MAX_SIDE", 640)
+# Costly requests per client address (django-ratelimit syntax: "30/m"; empty for no limit). Behind a
+# reverse proxy, RATELIMIT_IP_META_KEY names the header that carries the client's address.
+VISUAL_SEARCH_RATE_LIMIT = env_str("VISUAL_SEARCH_RATE_LIMIT", "30/m")
+SIMILAR_API_RATE_LIMIT = env_str("SIMILAR_API_RATE_LIMIT", "120/m")
+ADMIN_LOGIN_RATE_LIMIT = env_str("ADMIN_LOGIN_RATE_LIMIT", "10/m")
+RATELIMIT_IP_META_KEY = env_str("RATELIMIT_IP_META_KEY") or None
+# A photo search waits at most this long for the model before answering 503 (Retry-After): under
+# overload, shoppers get a quick answer instead of an ever longer queue.
+VISUAL_SEARCH_MODEL_WAIT_SECONDS = env_int("VISUAL_SEARCH_MODEL_WAIT_SECONDS", 10)
+# A filtered search (gender, article type) that cannot fill k looks at no more images than this.
+SEARCH_MAX_CANDIDATES = env_int("SEARCH_MAX_CANDIDATES", 5000)
 VISUAL_SEARCH_UPLOAD_DIR = Path(env_str("VISUAL_SEARCH_UPLOAD_DIR", str(DATA_DIR / "search-uploads")))
 # Neighbours of a product are cached until the index changes (or this many seconds pass, so that
 # products embedded since the last build join in).
@@ -237,6 +264,23 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+
+# Content-Security-Policy (django-csp): every script, style and image comes from our own origin.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        # No 'unsafe-inline': Swagger UI (/api/docs) and the admin's scripts style elements through the
+        # CSSOM, which CSP allows; tests/browser/test_content_security_policy.py checks nothing is blocked.
+        "style-src": ["'self'"],
+        # data: for the shopper's photo shown back with the results; blob: for its preview before upload.
+        "img-src": ["'self'", "data:", "blob:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
 
 LOGGING = {
     "version": 1,

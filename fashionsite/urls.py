@@ -5,7 +5,10 @@ from django.views.static import serve
 
 from recommender.api import api
 
+from .throttling import throttled_admin_login
+
 urlpatterns = [
+    path("admin/login/", throttled_admin_login),  # before the admin's own URLs, which it wraps
     path("admin/", admin.site.urls),
     path("api/", api.urls),
     path("", include("recommender.urls")),

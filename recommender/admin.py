@@ -20,14 +20,15 @@ class ImageEmbeddingAdmin(admin.ModelAdmin):
     actions = ["re_embed"]
     change_list_template = "admin/recommender/imageembedding/change_list.html"
 
+    class Media:
+        css = {"all": ["css/admin.css"]}
+
     def has_add_permission(self, request):
         return False
 
     @admin.display(description="Photo")
     def thumbnail(self, obj: ImageEmbedding):
-        return format_html(
-            '<img src="{}" alt="" style="width:40px;height:40px;object-fit:contain">', obj.image.image.url
-        )
+        return format_html('<img src="{}" class="admin-thumbnail" alt="" width="40" height="40">', obj.image.image.url)
 
     @admin.display(description="Product", ordering="image__product__name")
     def product(self, obj: ImageEmbedding):

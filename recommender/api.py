@@ -6,19 +6,22 @@ same envelope: {"error": {"status", "code", "message", "details"?}}.
 
 from typing import Literal
 
-from django.http import HttpRequest
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
 from ninja import NinjaAPI, Query, Schema
 from ninja.errors import ValidationError
 from pydantic import Field
 
 from catalog.models import Product, ProductImage
+from fashionsite.throttling import retry_after
 
 from .encoding.backbones import get_backbone
-from .forms import MAX_RESULTS
+from .encoding.embedder import EmbedderBusy
+from .forms import MAX_RESULTS, refuse_upload
 from .retrieval import Neighbour, index_in_use
 from .similar import similar_products
 from .timing import record_timing
-from .views import PhotoSearch
+from .views import BUSY_MESSAGE, BUSY_RETRY_SECONDS, PHOTO_SEARCH_GROUP, PhotoSearch
 
 api = NinjaAPI(
     title="Lookalike API",
@@ -29,14 +32,24 @@ api = NinjaAPI(
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: dict | None = None):
+    def __init__(self, status: int, code: str, message: str, details: dict | None = None, retry_after: int = 0):
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
+        self.retry_after = retry_after
+
+
+def throttle(request, group: str, rate: str) -> None:
+    seconds = retry_after(request, group, rate)
+    if seconds:
+        raise ApiError(429, "rate_limited", f"Too many requests; try again in {seconds} s.", retry_after=seconds)
 
 
 class ErrorBody(Schema):
     status: int
-    code: str = Field(description="required, empty, not_image, too_large, too_many_pixels, corrupt, invalid, not_found")
+    code: str = Field(
+        description="required, empty, not_image, too_large, too_many_pixels, aspect_ratio, corrupt, invalid, "
+        "invalid_body, length_required, not_found, rate_limited, busy, unavailable"
+    )
     message: str
     details: dict | None = Field(None, description="Per-field errors, when a parameter was invalid.")
 
@@ -99,9 +112,36 @@ def _error(status: int, code: str, message: str, details: dict | None = None):
     return {"error": body}
 
 
+class JsonErrorsMiddleware:
+    """Errors that Django or ninja answer before an API view runs (an unknown URL, a method the URL does
+    not take) in the API's JSON envelope rather than HTML."""
+
+    CODES = {404: ("not_found", "There is no such API URL."), 405: ("method_not_allowed", "Method not allowed.")}
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            request.path.startswith("/api/")
+            and response.status_code in self.CODES
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            code, message = self.CODES[response.status_code]
+            json = JsonResponse(_error(response.status_code, code, message), status=response.status_code)
+            if response.has_header("Allow"):
+                json["Allow"] = response["Allow"]
+            return json
+        return response
+
+
 @api.exception_handler(ApiError)
 def api_error(request, exc: ApiError):
-    return api.create_response(request, _error(exc.status, exc.code, exc.message, exc.details), status=exc.status)
+    response = api.create_response(request, _error(exc.status, exc.code, exc.message, exc.details), status=exc.status)
+    if exc.retry_after:
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @api.exception_handler(ValidationError)
@@ -141,13 +181,14 @@ def _results(request, neighbours: list[Neighbour]) -> list[dict]:
 
 @api.get(
     "/products/{int:pk}/similar",
-    response={200: SimilarOut, 400: ErrorOut, 404: ErrorOut},
+    response={200: SimilarOut, 400: ErrorOut, 404: ErrorOut, 429: ErrorOut},
     exclude_none=True,
     url_name="similar",
     summary="The products that look most like a product",
 )
 def similar(request, pk: int, filters: Query[SimilarQuery]):
     """Best first, never the product itself; `pending` with no results while its photo is not embedded yet."""
+    throttle(request, "similar-api", settings.SIMILAR_API_RATE_LIMIT)
     product = Product.objects.filter(pk=pk).with_images().first()
     if product is None:
         raise ApiError(404, "not_found", f"There is no product {pk}.")
@@ -188,17 +229,22 @@ SEARCH_BODY = {
 
 @api.post(
     "/search",
-    response={200: SearchOut, 400: ErrorOut},
+    response={200: SearchOut, 400: ErrorOut, 411: ErrorOut, 429: ErrorOut, 503: ErrorOut},
     url_name="search",
     summary="The products that look most like a photo",
     openapi_extra={"requestBody": SEARCH_BODY},
 )
 def search(request):
     """Multipart upload of a photo; the photo is not kept."""
+    refusal = refuse_upload(request)
+    if refusal:
+        raise ApiError(refusal.status, refusal.code, refusal.message)
+    throttle(request, PHOTO_SEARCH_GROUP, settings.VISUAL_SEARCH_RATE_LIMIT)
     backbone = get_backbone()
-    photo_search = PhotoSearch.run(request, backbone)
-    if photo_search.too_large:
-        raise ApiError(400, "too_large", photo_search.too_large)
+    try:
+        photo_search = PhotoSearch.run(request, backbone)
+    except EmbedderBusy:
+        raise ApiError(503, "busy", BUSY_MESSAGE, retry_after=BUSY_RETRY_SECONDS) from None
     if photo_search.result is None:
         errors = photo_search.form.errors.get_json_data()
         first = next(iter(errors.values()))[0]

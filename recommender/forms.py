@@ -1,11 +1,17 @@
+import logging
+from dataclasses import dataclass
+
 from django import forms
 from django.conf import settings
+from django.core.exceptions import SuspiciousOperation
+from django.http.multipartparser import MultiPartParserError
 from django.template.defaultfilters import filesizeformat
 
 from catalog.fields import ImageUploadField
 from catalog.models import Product
 
 MAX_RESULTS = 50
+logger = logging.getLogger(__name__)
 
 
 def _choices(field: str, label: str) -> list[tuple[str, str]]:
@@ -24,10 +30,10 @@ class VisualSearchForm(forms.Form):
     article_type = forms.ChoiceField(required=False, label="Article type")
     k = forms.IntegerField(required=False, min_value=1, max_value=MAX_RESULTS, initial=5, widget=forms.HiddenInput)
 
-    def __init__(self, *args, input_size: int | None = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Decode big JPEGs only as finely as the model looks at them.
-        self.fields["image"].draft_size = input_size
+        self.fields["image"].max_side = settings.VISUAL_SEARCH_IMAGE_MAX_SIDE
+        self.fields["image"].max_pixels = settings.VISUAL_SEARCH_MAX_PIXELS
         self.fields["gender"].choices = _choices("gender", "Any gender")
         self.fields["article_type"].choices = _choices("article_type", "Any article type")
 
@@ -39,12 +45,28 @@ class VisualSearchForm(forms.Form):
         return filesizeformat(settings.IMAGE_UPLOAD_MAX_BYTES)
 
 
-def upload_too_large(request) -> str:
-    """Why an upload is refused from its Content-Length header alone, before Django reads the body."""
+@dataclass(frozen=True)
+class UploadRefusal:
+    status: int
+    code: str
+    message: str
+
+
+def refuse_upload(request) -> UploadRefusal | None:
+    """Why an upload request is refused before its form is used: too large by its Content-Length
+    (checked before Django reads the body), of unknown length, or not a readable form."""
+    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        return UploadRefusal(411, "length_required", "Send the photo with a Content-Length (not chunked).")
     try:
         length = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
-        return ""
-    if length <= settings.IMAGE_UPLOAD_MAX_BYTES + 64 * 1024:  # room for the multipart envelope
-        return ""
-    return f"The file is larger than the limit of {filesizeformat(settings.IMAGE_UPLOAD_MAX_BYTES)}."
+        length = 0
+    if length > settings.IMAGE_UPLOAD_MAX_BYTES + 64 * 1024:  # room for the multipart envelope
+        limit = filesizeformat(settings.IMAGE_UPLOAD_MAX_BYTES)
+        return UploadRefusal(400, "too_large", f"The file is larger than the limit of {limit}.")
+    try:
+        _ = request.FILES  # parses the body once (form fields too); the request keeps the result
+    except (MultiPartParserError, SuspiciousOperation) as exc:
+        logger.info("Unreadable upload: %s", exc)
+        return UploadRefusal(400, "invalid_body", "The request is not a form with a photo we can read.")
+    return None

@@ -93,7 +93,7 @@ def search_by_photo(
 ) -> VisualSearchResult:
     """The k catalogue products that look most like a shopper's photo (decoded, upright RGB)."""
     started = time.monotonic()
-    vector = get_embedder(backbone).embed_image(photo)
+    vector = get_embedder(backbone).embed_image(photo, wait_seconds=settings.VISUAL_SEARCH_MODEL_WAIT_SECONDS)
     embedded = time.monotonic()
     neighbours = nearest_products(vector, backbone, k=k, gender=gender, article_type=article_type)
     if settings.VISUAL_SEARCH_KEEP_UPLOADS:

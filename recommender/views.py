@@ -3,31 +3,38 @@ import io
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods
 from PIL import Image
 
+from fashionsite.throttling import retry_after, too_many_requests_page
+
 from .encoding.backbones import Backbone, get_backbone
-from .forms import VisualSearchForm, upload_too_large
+from .encoding.embedder import EmbedderBusy
+from .forms import VisualSearchForm, refuse_upload
 from .similar import VisualSearchResult, search_by_photo
 from .timing import record_timing
+
+PHOTO_SEARCH_GROUP = "photo-search"  # the page and the API share one limit per client
+BUSY_MESSAGE = "Photo search is busy right now; please try again in a few seconds."
+BUSY_RETRY_SECONDS = 5
 
 
 @dataclass
 class PhotoSearch:
-    """One search-by-photo request, as the page and the API both handle it."""
+    """One search-by-photo request whose body was accepted (see refuse_upload), as the page and the
+    API both handle it."""
 
     form: VisualSearchForm
     result: VisualSearchResult | None = None
-    too_large: str = ""  # refused from its Content-Length, unread
 
     @classmethod
     def run(cls, request, backbone: Backbone) -> "PhotoSearch":
-        too_large = upload_too_large(request)
-        if too_large:
-            return cls(VisualSearchForm(input_size=backbone.input_size), too_large=too_large)
+        """Raises EmbedderBusy when the model stays busy longer than a shopper should wait."""
         started = time.monotonic()
-        form = VisualSearchForm(request.POST, request.FILES, input_size=backbone.input_size)
+        form = VisualSearchForm(request.POST, request.FILES)
         if not form.is_valid():
             return cls(form)
         record_timing(request, decode=time.monotonic() - started)
@@ -42,23 +49,41 @@ class PhotoSearch:
         return cls(form, result)
 
 
+# CSRF is checked by _search_page, after refuse_upload: an oversized body is refused unread.
+@csrf_exempt
 @require_http_methods(["GET", "POST"])
 def visual_search(request):
     """Upload a photo, see the five products that look most like it."""
-    backbone = get_backbone()
     if request.method == "GET":
-        return render(request, "recommender/visual_search.html", {"form": VisualSearchForm()})
-    search = PhotoSearch.run(request, backbone)
+        return _page(request, VisualSearchForm())
+    refusal = refuse_upload(request)
+    if refusal:
+        return _page(request, VisualSearchForm(), errors=[refusal.message], status=refusal.status)
+    return _search_page(request)
+
+
+@csrf_protect
+def _search_page(request):
+    seconds = retry_after(request, PHOTO_SEARCH_GROUP, settings.VISUAL_SEARCH_RATE_LIMIT)
+    if seconds:
+        return too_many_requests_page(request, seconds, "photo searches")
+    try:
+        search = PhotoSearch.run(request, get_backbone())
+    except EmbedderBusy:
+        response = _page(request, VisualSearchForm(), errors=[BUSY_MESSAGE], status=503)
+        response["Retry-After"] = str(BUSY_RETRY_SECONDS)
+        return response
     if search.result is None:
-        if search.too_large:
-            search.form.add_error(None, search.too_large)
-        return render(request, "recommender/visual_search.html", {"form": search.form}, status=400)
-    context = {
-        "form": search.form,
-        "result": search.result,
-        "query_thumbnail": _thumbnail_data_uri(search.form.cleaned_data["image"].image),
-    }
-    return render(request, "recommender/visual_search.html", context)
+        return _page(request, search.form, status=400)
+    thumbnail = _thumbnail_data_uri(search.form.cleaned_data["image"].image)
+    return _page(request, search.form, result=search.result, query_thumbnail=thumbnail)
+
+
+def _page(request, form: VisualSearchForm, *, errors: list[str] = (), status: int = 200, **context):
+    """The search page; `errors` are about the request, the form's own about its fields."""
+    field_errors = [error for name, messages in form.errors.items() if name != "image" for error in messages]
+    context.update(form=form, page_errors=[*errors, *field_errors])
+    return render(request, "recommender/visual_search.html", context, status=status)
 
 
 def _thumbnail_data_uri(photo: Image.Image) -> str:

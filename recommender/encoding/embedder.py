@@ -13,6 +13,10 @@ from .preprocessing import image_pixels
 logger = logging.getLogger(__name__)
 
 
+class EmbedderBusy(Exception):
+    """The model stayed busy with other requests for longer than the caller would wait."""
+
+
 class Embedder:
     def __init__(self, backbone: Backbone):
         import tensorflow as tf
@@ -26,17 +30,26 @@ class Embedder:
         )
         self._lock = threading.Lock()
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """(n, size, size, 3) uint8 RGB -> (n, dimension) float32, each row of unit length."""
+    def embed_pixels(self, pixels: np.ndarray, wait_seconds: float | None = None) -> np.ndarray:
+        """(n, size, size, 3) uint8 RGB -> (n, dimension) float32, each row of unit length.
+
+        One batch at a time per process (TensorFlow already uses every core); with `wait_seconds`,
+        raise EmbedderBusy rather than queue for the model any longer than that.
+        """
         if len(pixels) == 0:
             return np.zeros((0, self.backbone.dimension), dtype=np.float32)
-        with self._lock:  # one batch at a time per process: TensorFlow already uses every core
-            features = self._forward(self.backbone.preprocess(pixels)).numpy()
+        inputs = self.backbone.preprocess(pixels)
+        if not self._lock.acquire(timeout=-1 if wait_seconds is None else wait_seconds):
+            raise EmbedderBusy(f"the {self.backbone.name} model was busy for {wait_seconds:g}s")
+        try:
+            features = self._forward(inputs).numpy()
+        finally:
+            self._lock.release()
         return normalise_rows(features)
 
-    def embed_image(self, image: Image.Image) -> np.ndarray:
+    def embed_image(self, image: Image.Image, wait_seconds: float | None = None) -> np.ndarray:
         """One upright RGB image (a shopper's photo) as a unit vector, prepared like catalogue images."""
-        return self.embed_pixels(image_pixels(image, self.backbone.input_size)[None])[0]
+        return self.embed_pixels(image_pixels(image, self.backbone.input_size)[None], wait_seconds)[0]
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:

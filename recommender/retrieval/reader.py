@@ -1,7 +1,8 @@
 """Each process's view of the current index version, and of the embeddings written since it was built.
 
 A reader checks where `current` points on every search (one readlink) and loads a new version
-before letting go of the old one; a version that is missing or fails its checksums is never used.
+before letting go of the old one; a version that is missing or fails any of `load_version`'s checks
+is never used, and is tried only once.
 """
 
 import logging
@@ -53,7 +54,7 @@ class IndexReader:
             if self.loaded is not None and self.loaded.directory == target:
                 return self.loaded
             try:
-                self.loaded = load_version(target)
+                self.loaded = load_version(target, self.backbone)
                 self._unusable = None
                 logger.info("Using %s index %s (%d items)", self.backbone.name, target.name, len(self.loaded))
             except UnusableIndex as exc:

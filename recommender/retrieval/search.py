@@ -74,14 +74,30 @@ def nearest_products(
     gender: str = "",
     article_type: str = "",
 ) -> list[Neighbour]:
-    """The k products most similar to `query`, best first, one per product, matching the filters."""
-    wanted = k * CANDIDATES_PER_RESULT
+    """The k products most similar to `query`, best first, one per product, matching the filters.
+
+    Filters are applied to candidates, which widen until k products match; a filter that matches few
+    products stops at SEARCH_MAX_CANDIDATES images (and one that matches none, at once).
+    """
+    if (gender or article_type) and not _filtered_products(gender, article_type).exists():
+        return []
+    bound = max(settings.SEARCH_MAX_CANDIDATES, k)
+    wanted = min(k * CANDIDATES_PER_RESULT, bound)
     while True:
         candidates = candidate_images(query, wanted, backbone)
         neighbours = _collapse_to_products(candidates, k, exclude_product_id, gender, article_type)
-        if len(neighbours) >= k or wanted >= candidates.searched:
+        if len(neighbours) >= k or wanted >= min(candidates.searched, bound):
             return neighbours
-        wanted *= 4
+        wanted = min(wanted * 4, bound)
+
+
+def _filtered_products(gender: str, article_type: str):
+    products = Product.objects.all()
+    if gender:
+        products = products.filter(gender=gender)
+    if article_type:
+        products = products.filter(article_type=article_type)
+    return products
 
 
 def _collapse_to_products(candidates: Candidates, k, exclude_product_id, gender, article_type) -> list[Neighbour]:

@@ -39,6 +39,17 @@ class UnusableIndex(Exception):
     """An index version on disk is incomplete or damaged."""
 
 
+def _is_count(value, *, least: int) -> bool:
+    return type(value) is int and value >= least  # not a bool, a float or a string
+
+
+def _is_timestamp(value) -> bool:
+    try:
+        return datetime.fromisoformat(value).tzinfo is not None
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class IndexManifest:
     version: str
@@ -52,12 +63,30 @@ class IndexManifest:
     embeddings_until: str | None  # latest computed_at among the embeddings it holds
     checksums: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A manifest comes from disk: anything odd is refused here rather than failing in every search.
+        checks = {
+            "version": isinstance(self.version, str),
+            "backbone": isinstance(self.backbone, str),
+            "dimension": _is_count(self.dimension, least=1),
+            "items": _is_count(self.items, least=0),
+            "n_trees": _is_count(self.n_trees, least=1),
+            "metric": self.metric == METRIC,
+            "built_at": _is_timestamp(self.built_at),
+            "build_seconds": type(self.build_seconds) in (int, float),
+            "embeddings_until": self.embeddings_until is None or _is_timestamp(self.embeddings_until),
+            "checksums": isinstance(self.checksums, dict)
+            and all(isinstance(value, str) for value in self.checksums.values()),
+        }
+        if wrong := [name for name, valid in checks.items() if not valid]:
+            raise ValueError(f"invalid {', '.join(wrong)}")
+
     @classmethod
     def read(cls, directory: Path) -> "IndexManifest":
         try:
             return cls(**json.loads((directory / MANIFEST_FILE).read_text()))
         except (OSError, ValueError, TypeError) as exc:
-            raise UnusableIndex(f"no readable manifest in {directory}: {exc}") from exc
+            raise UnusableIndex(f"no valid manifest in {directory}: {exc}") from exc
 
     @property
     def until(self) -> datetime | None:
@@ -125,24 +154,32 @@ class LoadedIndex:
         return len(self.image_ids)
 
 
-def load_version(directory: Path) -> LoadedIndex:
-    """Open a version after checking every file against its manifest (raises UnusableIndex)."""
+def load_version(directory: Path, backbone: Backbone) -> LoadedIndex:
+    """Open a version after checking every file against its manifest and the backbone (raises UnusableIndex)."""
     from annoy import AnnoyIndex
 
     manifest = IndexManifest.read(directory)
-    for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE):
-        path = directory / name
-        if not path.is_file():
-            raise UnusableIndex(f"{path} is missing")
-        if file_checksum(path) != manifest.checksums.get(name):
-            raise UnusableIndex(f"{path} does not match its checksum")
-    annoy = AnnoyIndex(manifest.dimension, manifest.metric)
+    if (manifest.backbone, manifest.dimension) != (backbone.name, backbone.dimension):
+        raise UnusableIndex(
+            f"{directory} was built for {manifest.backbone} ({manifest.dimension}-d), "
+            f"not {backbone.name} ({backbone.dimension}-d)"
+        )
     try:
+        for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE):
+            if file_checksum(directory / name) != manifest.checksums.get(name):
+                raise UnusableIndex(f"{directory / name} does not match its checksum")
+        image_ids = np.load(directory / IDS_FILE, allow_pickle=False)
+        vectors = np.load(directory / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
+        annoy = AnnoyIndex(manifest.dimension, manifest.metric)
         annoy.load(str(directory / INDEX_FILE), prefault=False)
-    except OSError as exc:
-        raise UnusableIndex(f"Annoy cannot load {directory / INDEX_FILE}: {exc}") from exc
-    image_ids = np.load(directory / IDS_FILE)
-    vectors = np.load(directory / VECTORS_FILE, mmap_mode="r")
-    if not (annoy.get_n_items() == len(image_ids) == len(vectors) == manifest.items):
-        raise UnusableIndex(f"{directory} holds inconsistent item counts")
+    except (OSError, ValueError, EOFError) as exc:  # missing or unreadable files, Annoy's own refusals
+        raise UnusableIndex(f"cannot read {directory}: {exc}") from exc
+    expected = (np.int64, (manifest.items,), np.float32, (manifest.items, manifest.dimension))
+    if (image_ids.dtype, image_ids.shape, vectors.dtype, vectors.shape) != expected:
+        raise UnusableIndex(f"{directory} holds arrays of the wrong type or shape")
+    # Annoy only checks that the file size fits the dimension: compare one of its vectors too.
+    if annoy.get_n_items() != manifest.items or (
+        manifest.items and not np.array_equal(np.array(annoy.get_item_vector(0), np.float32), vectors[0])
+    ):
+        raise UnusableIndex(f"{directory / INDEX_FILE} does not hold the version's vectors")
     return LoadedIndex(directory, manifest, annoy, image_ids, vectors)
