@@ -83,14 +83,14 @@ def _resnet50_with_generated_weights():
     import keras
     from django.conf import settings
 
-    from recommender.encoding.embedder import Embedder
+    from recommender.encoding.embedder import KerasEmbedder
 
     path = Path(tempfile.mkdtemp()) / "resnet50-generated.weights.h5"
     keras.applications.ResNet50(include_top=False, weights=None, pooling="max", input_shape=(224, 224, 3)).save_weights(
         str(path)
     )
     settings.RESNET50_WEIGHTS = str(path)
-    return Embedder(get_backbone("resnet50"))
+    return KerasEmbedder(get_backbone("resnet50"))
 
 
 def measure_all(backbones: list[str], images: int) -> list[dict]:

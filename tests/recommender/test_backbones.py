@@ -3,7 +3,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from recommender.encoding.backbones import WeightsNotFound, caffe_style, get_backbone
-from recommender.encoding.embedder import Embedder, get_embedder
+from recommender.encoding.embedder import KerasEmbedder, get_embedder
 from tests.helpers import SHARED
 
 
@@ -39,7 +39,7 @@ def test_resnet50_loads_the_weights_file_it_is_given(no_resnet_weights, settings
     original.save_weights(str(weights))
     settings.RESNET50_WEIGHTS = str(weights)
 
-    embedder = Embedder(get_backbone("resnet50"))
+    embedder = KerasEmbedder(get_backbone("resnet50"))
 
     pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
     vectors = embedder.embed_pixels(pixels)

@@ -3,7 +3,6 @@
 import io
 import subprocess
 import sys
-import threading
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -236,15 +235,14 @@ def test_a_rare_filter_stops_widening_at_a_bound(client, indexed_catalogue, monk
 
 
 @pytest.mark.slow  # runs the model
-def test_a_search_that_waits_too_long_for_the_model_gets_a_503(client, indexed_catalogue, settings, lite2):
-    from recommender.encoding.embedder import get_embedder
+def test_a_search_that_waits_too_long_for_the_model_gets_a_503(client, indexed_catalogue, settings, lite2, monkeypatch):
+    from recommender.encoding import embedder as embedder_module
 
-    settings.VISUAL_SEARCH_MODEL_WAIT_SECONDS = 0
-    embedder = get_embedder(lite2)
-    busy = threading.Event()
+    monkeypatch.setattr(embedder_module, "_embedders", {})
+    settings.VISUAL_SEARCH_MODEL_WAIT_SECONDS, settings.EMBEDDING_INTERPRETERS = 0, 1
+    embedder = embedder_module.get_embedder(lite2)
 
-    with embedder._lock:  # another request holds the model
-        busy.set()
+    with embedder.pool.interpreter():  # another request holds the process's only interpreter
         api = client.post(API_SEARCH, {"image": photo_upload()})
         page = client.post(SEARCH, {"image": photo_upload()})
 

@@ -1,12 +1,17 @@
 import os
 import platform
+from dataclasses import asdict
 from json import dumps
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
 from recommender.encoding.backbones import BACKBONES, get_backbone
+from recommender.encoding.litert import model_file
 from recommender.evaluation.runner import LABELS, evaluate_catalogue
+from recommender.quantization import compare_precisions, int8_variant
+
+from .quantize_embedding import print_comparison
 
 
 class Command(BaseCommand):
@@ -29,9 +34,14 @@ class Command(BaseCommand):
         parser.add_argument(
             "--control", action="store_true", help="Also random embeddings, which must score near chance."
         )
+        parser.add_argument(
+            "--int8",
+            action="store_true",
+            help="Also float32 against the int8 model (made by quantize_embedding) on the test split.",
+        )
         parser.add_argument("--json", type=Path, help="Write the full report here.")
 
-    def handle(self, backbone, k, sample, limit, baselines, control, json: Path | None, **options):
+    def handle(self, backbone, k, sample, limit, baselines, control, int8, json: Path | None, **options):
         backbone = get_backbone(backbone)
         try:
             report = evaluate_catalogue(backbone, k=k, sample=sample, limit=limit, baselines=baselines, control=control)
@@ -39,6 +49,13 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         report["machine"] = f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)"
         self.print_report(report)
+        if int8:
+            model = model_file(int8_variant(backbone))
+            if not model.is_file():
+                raise CommandError(f"No int8 model at {model}: run manage.py quantize_embedding first.")
+            comparison = compare_precisions(BACKBONES[backbone.model_name], model, k)
+            print_comparison(self.stdout.write, comparison)
+            report["int8"] = asdict(comparison)
         if json:
             json.write_text(dumps(report, indent=2, default=str))
             self.stdout.write(f"Wrote {json}")
