@@ -92,19 +92,30 @@ def summary_rows(results: dict) -> list[list]:
     rows = []
     for r in results.get("embed", []):
         if "error" in r:
-            rows.append(["embedding", r["backbone"], "n/a", r["error"][:70]])
+            rows.append(["embedding", f"{r['backbone']}, {r['runtime']}", "n/a", r["error"][:70]])
             continue
+        ratio = embed_throughput.speedup(r, results["embed"])
         note = f"; {r['note']}" if r.get("note") else ""
+        predict = f"; predict per image {r['predict_per_image']:.1f}" if "predict_per_image" in r else ""
         rows.append(
             [
                 "embedding (decode incl.)",
-                r["backbone"],
-                f"{r['batch32']:.1f} img/s batch 32",
-                f"batch 1 {r['batch1']:.1f}; predict per image {r['predict_per_image']:.1f} "
-                f"({r['batch32'] / r['predict_per_image']:.1f}x slower); "
+                f"{r['backbone']}, {r['runtime']}",
+                f"{max(r['batch1'], r['batch32']):.1f} img/s" + (f" ({ratio:.1f}x predict)" if ratio else ""),
+                f"batch 1 {r['batch1']:.1f}, batch 32 {r['batch32']:.1f}{predict}; "
                 f"RSS {r['rss_loaded_mb']:.0f}/{r['peak_rss_mb']:.0f} MB{note}",
             ]
         )
+    for r in results.get("pools", []):
+        if "error" not in r:
+            rows.append(
+                [
+                    "LiteRT pool",
+                    f"{r['pool']} (interpreters x threads), {embed_throughput.CALLERS} callers",
+                    f"{r['concurrent']:.1f} img/s",
+                    f"p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms; one caller {r['alone']:.1f} img/s",
+                ]
+            )
     for r in results.get("annoy", []):
         rows.append(
             [
@@ -175,7 +186,9 @@ def main():
 
     if "embed" in parts:
         print("Embedding throughput ...", flush=True)
-        results["embed"] = embed_throughput.measure_all(["efficientnet_lite2", "efficientnet_lite0", "resnet50"], 256)
+        backbones = ["efficientnet_lite2"] if args.quick else ["efficientnet_lite2", "efficientnet_lite0", "resnet50"]
+        results["embed"] = embed_throughput.measure_all(backbones, list(embed_throughput.RUNTIMES), 256)
+        results["pools"] = embed_throughput.measure_pools("efficientnet_lite2", ["1x2", "2x1", "4x1"], 256)
     if "index" in parts:
         print("Annoy query time and recall ...", flush=True)
         results["annoy"] = index_params.sweep(1000, trees=(settings.INDEX_TREES,), search_ks=(settings.INDEX_SEARCH_K,))

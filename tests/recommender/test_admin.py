@@ -74,7 +74,8 @@ def test_rebuild_button_queues_a_forced_rebuild(staff_client, embedded_with_one_
 
 
 @pytest.mark.slow
-def test_status_page_lists_other_backbones_with_embeddings(staff_client, catalogue):
+def test_status_page_lists_other_backbones_with_embeddings(staff_client, catalogue, settings):
+    settings.EMBEDDING_RUNTIME = "keras"  # no LiteRT conversion of a second model just for this
     embed_images(ProductImage.objects.values_list("pk", flat=True)[:5], get_backbone("efficientnet_lite0"))
     page = staff_client.get(CHANGELIST)
     statuses = {s.backbone: s for s in page.context["recommender_status"]}
