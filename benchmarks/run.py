@@ -7,7 +7,8 @@ with embeddings and an index in the configured database (e.g. import_catalog, em
 build_index); without --url a gunicorn server is started for the run. --quick leaves out the
 1M-vector build (about 4 minutes and 12 GB) and sends fewer requests. Each part is also a script
 of its own with more detail: embed_throughput.py, index_params.py, http_latency.py,
-worker_throughput.py, precision_at_5.py.
+worker_throughput.py, precision_at_5.py. Longer runs on a stack of their own: soak.py (10 minutes
+of store-like load through a PostgreSQL restart and a Redis outage; --no-faults for the load alone).
 """
 
 import argparse

@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,10 +91,9 @@ class InterpreterPool:
 
         self._make = make
         self._idle: queue.LifoQueue = queue.LifoQueue()
-        self._made = 0
-        self._size = max(size, 1)
-        self._idle.put(self._make())  # fail here, at once, if the file is not a model this runtime runs
-        self._made = 1
+        self._idle.put(make())  # fail here, at once, if the file is not a model this runtime runs
+        self._made, self._size = 1, max(size, 1)
+        self._lock = threading.Lock()
 
     @contextmanager
     def interpreter(self, wait_seconds: float | None = None):
@@ -107,10 +107,10 @@ class InterpreterPool:
             self._idle.put(interpreter)
 
     def _grow(self):
-        # A race here only lets the pool make one interpreter too many, once.
-        if self._made >= self._size:
-            return None
-        self._made += 1
+        with self._lock:
+            if self._made >= self._size:
+                return None
+            self._made += 1
         return self._make()
 
     def _wait(self, wait_seconds: float | None):
