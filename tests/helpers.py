@@ -1,10 +1,13 @@
 """Helpers shared by test modules (fixtures live in conftest.py; test modules never import each other)."""
 
+import functools
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 from django.core.files.uploadedfile import SimpleUploadedFile
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +68,14 @@ def add_product_form(upload, **overrides) -> dict:
     }
     form.update(overrides)
     return form
+
+
+@functools.cache
+def decompression_bomb() -> bytes:
+    """A few hundred bytes of PNG that would decode to 400 megapixels (made once: it takes a second)."""
+    buffer = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def unit_vectors(count: int, dimension: int, seed: int = 0) -> np.ndarray:

@@ -152,7 +152,7 @@ def test_the_search_page_says_which_filter_is_wrong(client, catalogue):
 
 def test_photo_searches_are_limited_per_client(client, catalogue, settings, redis_server):
     redis_server.flush()
-    settings.VISUAL_SEARCH_RATE_LIMIT = "2/m"
+    settings.VISUAL_SEARCH_RATE_LIMIT = "2/d"  # a window that will not roll over mid-test
     text = b"not a photo"
     for _ in range(2):  # refused photos count too: the work of reading them is done
         assert client.post(API_SEARCH, {"image": SimpleUploadedFile("a.txt", text)}).status_code == 400
@@ -160,7 +160,7 @@ def test_photo_searches_are_limited_per_client(client, catalogue, settings, redi
     api = client.post(API_SEARCH, {"image": SimpleUploadedFile("a.txt", text)})
     page = client.post(SEARCH, {"image": SimpleUploadedFile("a.txt", text)})
 
-    assert api.status_code == 429 and error(api)["code"] == "rate_limited" and 1 <= int(api["Retry-After"]) <= 60
+    assert api.status_code == 429 and error(api)["code"] == "rate_limited" and 1 <= int(api["Retry-After"]) <= 86_400
     assert page.status_code == 429 and "Too many photo searches" in page.content.decode()
     other = client.post(API_SEARCH, {"image": SimpleUploadedFile("a.txt", text)}, REMOTE_ADDR="10.1.2.3")
     assert other.status_code == 400, "another client has its own allowance"
@@ -168,14 +168,14 @@ def test_photo_searches_are_limited_per_client(client, catalogue, settings, redi
 
 def test_the_similar_api_is_limited_per_client(client, embedded_catalogue, settings, redis_server):
     redis_server.flush()
-    settings.SIMILAR_API_RATE_LIMIT = "3/m"
+    settings.SIMILAR_API_RATE_LIMIT = "3/d"
     url = reverse("api:similar", args=[Product.objects.first().pk])
     assert [client.get(url).status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
 def test_admin_sign_in_attempts_are_limited(client, db, settings, redis_server, django_user_model):
     redis_server.flush()
-    settings.ADMIN_LOGIN_RATE_LIMIT = "3/m"
+    settings.ADMIN_LOGIN_RATE_LIMIT = "3/d"
     django_user_model.objects.create_superuser("staff", "staff@example.com", "a-long-password")
     login = reverse("admin:login")
     guesses = [client.post(login, {"username": "staff", "password": f"guess{n}"}).status_code for n in range(3)]

@@ -14,7 +14,7 @@ from recommender.retrieval.search import candidate_images
 from recommender.retrieval.versions import current_version_dir, file_checksum
 from tests.helpers import stored_vector
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # 29 index builds
 
 
 def fields(**changes):

@@ -15,7 +15,7 @@ from catalog.models import Product, ProductImage
 from recommender.encoding.backbones import get_backbone
 from recommender.retrieval import build_index
 from recommender.retrieval import search as search_module
-from tests.helpers import photo_upload
+from tests.helpers import decompression_bomb, photo_upload
 
 pytestmark = pytest.mark.django_db
 SEARCH = reverse("recommender:visual-search")
@@ -171,12 +171,6 @@ def test_kept_uploads_go_to_a_private_folder(
     assert not str(kept[0]).startswith(str(media_root))
 
 
-def _png(size=(20, 20)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("1", size).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _truncated_jpeg(fashion_dataset) -> bytes:
     data = (fashion_dataset / "images" / "10007.jpg").read_bytes()
     return data[: len(data) // 2]
@@ -185,7 +179,7 @@ def _truncated_jpeg(fashion_dataset) -> bytes:
 UPLOAD_ERRORS = [
     ("notes.txt", lambda d: b"this is a shopping list, not a photo\n", "not_image", "not an image we can read"),
     ("photo.jpg", lambda d: b"", "empty", "The file is empty"),
-    ("huge.png", lambda d: _png((20000, 20000)), "too_many_pixels", "megapixels"),
+    ("huge.png", lambda d: decompression_bomb(), "too_many_pixels", "megapixels"),
     ("broken.jpg", _truncated_jpeg, "corrupt", "damaged or incomplete"),
 ]
 
