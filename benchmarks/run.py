@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -27,16 +26,11 @@ import http_latency
 import index_params
 from common import ROOT, machine, print_table
 from django.conf import settings
+from stack import free_port
 
 from catalog.models import Product
 
 PARTS = ("embed", "index", "http", "worker")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class WebServer:

@@ -14,8 +14,8 @@ from catalog.models import Product, ProductImage
 
 from .encoding.backbones import Backbone
 from .encoding.embedder import get_embedder
+from .models import ImageEmbedding
 from .retrieval import Neighbour, current_version, nearest_products
-from .retrieval.vectors import done_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def similar_products(
         if len(neighbours) == len(cached):  # nothing was deleted since
             return SimilarItems(neighbours, seconds=time.monotonic() - started)
     vector = (
-        done_embeddings(backbone)
+        ImageEmbedding.objects.for_backbone(backbone)
+        .done()
         .filter(image__product=product)
         .order_by("image__position", "image_id")  # the first embedded image, in display order
         .values_list("vector", flat=True)

@@ -44,9 +44,19 @@ def kept_int8(backbone: Backbone) -> bool:
     return model_file(backbone).with_suffix(".json").is_file()
 
 
+def _converter_version() -> str:
+    """TensorFlow's version, without importing it (web processes that only run LiteRT never do)."""
+    for distribution in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
 @functools.lru_cache(maxsize=8)
 def _weights_digest(weights: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256(importlib.metadata.version("tensorflow-cpu").encode())  # the converter's version
+    digest = hashlib.sha256(_converter_version().encode())
     with weights.open("rb") as file:
         digest.update(hashlib.file_digest(file, "sha256").digest())
     return digest.hexdigest()[:16]

@@ -22,8 +22,8 @@ from django.db import connection
 from django.utils import timezone
 
 from ..encoding.backbones import Backbone
-from ..models import EmbeddingStamp
-from .vectors import done_embeddings, load_embedding_matrix
+from ..models import EmbeddingStamp, ImageEmbedding
+from .vectors import load_embedding_matrix
 from .versions import (
     IDS_FILE,
     INDEX_FILE,
@@ -63,8 +63,10 @@ class BuildResult:
 
 
 def index_is_stale(backbone: Backbone) -> bool:
-    manifest = current_manifest(backbone)
-    stamp = done_embeddings(backbone).stamp()
+    return _stale(current_manifest(backbone), ImageEmbedding.objects.for_backbone(backbone).done().stamp())
+
+
+def _stale(manifest: IndexManifest | None, stamp: EmbeddingStamp) -> bool:
     if manifest is None:
         return stamp.count > 0
     return (manifest.items, manifest.until) != (stamp.count, stamp.latest)
@@ -76,9 +78,10 @@ def build_index(backbone: Backbone, *, n_trees: int | None = None, force: bool =
     with advisory_lock(f"annoy-index:{backbone.name}") as acquired:
         if not acquired:
             return BuildResult(None, "another build is running")
-        if not force and not index_is_stale(backbone):
-            return BuildResult(current_manifest(backbone), "up to date")
-        stamp = done_embeddings(backbone).stamp()
+        manifest = current_manifest(backbone)
+        stamp = ImageEmbedding.objects.for_backbone(backbone).done().stamp()
+        if not force and not _stale(manifest, stamp):
+            return BuildResult(manifest, "up to date")
         if stamp.count == 0:
             return BuildResult(None, "no embeddings yet")
         manifest = _write_version(backbone, n_trees, stamp)

@@ -32,13 +32,9 @@ class EmbeddingMatrix:
         return self.image_ids[best], scores[best]
 
 
-def done_embeddings(backbone: Backbone):
-    return ImageEmbedding.objects.for_backbone(backbone).done()
-
-
 def load_embedding_matrix(backbone: Backbone, stamp: EmbeddingStamp | None = None) -> EmbeddingMatrix:
     """The embeddings as of `stamp`: later ones are left out."""
-    rows = done_embeddings(backbone)
+    rows = ImageEmbedding.objects.for_backbone(backbone).done()
     stamp = stamp or rows.stamp()
     if stamp.latest is not None:
         rows = rows.filter(computed_at__lte=stamp.latest)
@@ -52,7 +48,7 @@ _matrices_lock = threading.Lock()
 
 def embedding_matrix(backbone: Backbone) -> EmbeddingMatrix:
     """The process's copy of the stored embeddings, reloaded when they change."""
-    stamp = done_embeddings(backbone).stamp()
+    stamp = ImageEmbedding.objects.for_backbone(backbone).done().stamp()
     with _matrices_lock:
         cached = _matrices.get(backbone.name)
         if cached is None or cached.stamp != stamp:
