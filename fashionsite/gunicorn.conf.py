@@ -13,10 +13,15 @@ accesslog = "-"
 
 
 def post_worker_init(worker):
-    """Load the embedding model in the background as each worker starts, so that the first photo
+    """Load the embedding model and the garment locator in the background as each worker starts, so that the first photo
     search does not wait for TensorFlow (it is never loaded in the master, before the fork)."""
     if os.environ.get("WARM_UP_MODEL", "1") == "1":
         from recommender.encoding.backbones import get_backbone
         from recommender.encoding.embedder import get_embedder
+        from recommender.encoding.garment import get_locator
 
-        threading.Thread(target=get_embedder, args=(get_backbone(),), name="warm-up-model", daemon=True).start()
+        def warm_up():
+            get_embedder(get_backbone())
+            get_locator()
+
+        threading.Thread(target=warm_up, name="warm-up-model", daemon=True).start()

@@ -4,6 +4,7 @@ Its OpenAPI schema is served at /api/openapi.json and browsable at /api/docs. Ev
 same envelope: {"error": {"status", "code", "message", "details"?}}.
 """
 
+from dataclasses import asdict
 from typing import Literal
 
 from django.conf import settings
@@ -48,7 +49,7 @@ class ErrorBody(Schema):
     status: int
     code: str = Field(
         description="required, empty, not_image, too_large, too_many_pixels, aspect_ratio, corrupt, invalid, "
-        "invalid_body, length_required, not_found, rate_limited, busy, unavailable"
+        "invalid_crop, invalid_body, length_required, not_found, rate_limited, busy, unavailable"
     )
     message: str
     details: dict | None = Field(None, description="Per-field errors, when a parameter was invalid.")
@@ -86,9 +87,24 @@ class SimilarOut(Schema):
     results: list[ResultOut]
 
 
+class BoxOut(Schema):
+    x0: float = Field(description="Left edge, as a fraction of the photo's width.")
+    y0: float = Field(description="Top edge, as a fraction of the photo's height.")
+    x1: float
+    y1: float
+
+
+class CropOut(BoxOut):
+    source: Literal["auto", "shopper", "whole"] = Field(
+        description="auto: the garment the site found; shopper: the crop sent; whole: the whole photo."
+    )
+
+
 class SearchOut(Schema):
     status: Literal["ok"]
     backbone: str
+    crop: CropOut = Field(description="The part of the photo the search used.")
+    regions: list[BoxOut] = Field(description="Garments found in the photo, most salient first.")
     results: list[ResultOut]
 
 
@@ -220,6 +236,18 @@ SEARCH_BODY = {
                     "gender": {"type": "string", "description": "Only products of this gender."},
                     "article_type": {"type": "string", "description": "Only products of this article type."},
                     "k": {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS, "default": 5},
+                    "crop": {
+                        "type": "string",
+                        "pattern": r"^[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+$",
+                        "description": "Search only this part of the photo: x0,y0,x1,y1 as fractions of its width "
+                        "and height (0 ≤ x0 < x1 ≤ 1, 0 ≤ y0 < y1 ≤ 1). Default: the garment the site finds. "
+                        "A bad box is a 400 with code invalid_crop.",
+                    },
+                    "whole_photo": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "Search with the whole photo instead of the garment the site finds.",
+                    },
                 },
             }
         }
@@ -249,7 +277,14 @@ def search(request):
         errors = photo_search.form.errors.get_json_data()
         first = next(iter(errors.values()))[0]
         raise ApiError(400, first["code"], first["message"], errors)
-    return {"status": "ok", "backbone": backbone.name, "results": _results(request, photo_search.result.neighbours)}
+    result = photo_search.result
+    return {
+        "status": "ok",
+        "backbone": backbone.name,
+        "crop": {**asdict(result.crop), "source": result.crop_source},
+        "regions": [asdict(region) for region in result.regions],
+        "results": _results(request, result.neighbours),
+    }
 
 
 @api.get("/recommender/status", response=IndexStatusOut, url_name="index-status", summary="The index in use")

@@ -10,6 +10,8 @@ from django.template.defaultfilters import filesizeformat
 from catalog.fields import ImageUploadField
 from catalog.models import Product
 
+from .encoding.garment import Box, InvalidBox
+
 MAX_RESULTS = 50
 logger = logging.getLogger(__name__)
 
@@ -29,6 +31,13 @@ class VisualSearchForm(forms.Form):
     gender = forms.ChoiceField(required=False)
     article_type = forms.ChoiceField(required=False, label="Article type")
     k = forms.IntegerField(required=False, min_value=1, max_value=MAX_RESULTS, initial=5, widget=forms.HiddenInput)
+    # The part of the photo to search with, "x0,y0,x1,y1" as fractions; by default the garment found.
+    crop = forms.CharField(required=False, widget=forms.HiddenInput)
+    whole_photo = forms.BooleanField(
+        required=False,
+        label="Use the whole photo",
+        help_text="Search with everything in the photo, not only the garment we find in it.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -39,6 +48,15 @@ class VisualSearchForm(forms.Form):
 
     def clean_k(self) -> int:
         return self.cleaned_data.get("k") or 5
+
+    def clean_crop(self) -> Box | None:
+        text = self.cleaned_data.get("crop", "").strip()
+        if not text:
+            return None
+        try:
+            return Box.parse(text)
+        except InvalidBox as exc:
+            raise forms.ValidationError(str(exc), code="invalid_crop") from None
 
     @property
     def upload_limit(self) -> str:

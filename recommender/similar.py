@@ -14,6 +14,7 @@ from catalog.models import Product, ProductImage
 
 from .encoding.backbones import Backbone
 from .encoding.embedder import get_embedder
+from .encoding.garment import Box, get_locator
 from .models import ImageEmbedding
 from .retrieval import Neighbour, current_version, nearest_products
 
@@ -86,20 +87,44 @@ def _cache_set(key: str, value) -> None:
 @dataclass
 class VisualSearchResult:
     neighbours: list[Neighbour]
+    crop: Box = Box.WHOLE  # the part of the photo that was searched with
+    crop_source: str = "whole"  # "auto" (the garment found), "shopper" (their box) or "whole"
+    regions: list[Box] = field(default_factory=list)  # garments found in the photo, most salient first
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
 
 
 def search_by_photo(
-    photo: Image.Image, backbone: Backbone, *, k: int = 5, gender: str = "", article_type: str = ""
+    photo: Image.Image,
+    backbone: Backbone,
+    *,
+    k: int = 5,
+    gender: str = "",
+    article_type: str = "",
+    crop: Box | None = None,
+    find_garment: bool = True,
 ) -> VisualSearchResult:
-    """The k catalogue products that look most like a shopper's photo (decoded, upright RGB)."""
+    """The k catalogue products that look most like a shopper's photo (decoded, upright RGB).
+
+    The search uses the shopper's `crop` if given, else the most salient garment the locator finds
+    (unless `find_garment` is off), else the whole photo. The garments found are reported either way,
+    as choices for the shopper."""
+    wait = settings.VISUAL_SEARCH_MODEL_WAIT_SECONDS
     started = time.monotonic()
-    vector = get_embedder(backbone).embed_image(photo, wait_seconds=settings.VISUAL_SEARCH_MODEL_WAIT_SECONDS)
+    regions = get_locator().locate(photo, wait_seconds=wait) if find_garment else []
+    located = time.monotonic()
+    if crop is not None:
+        source = "shopper"
+    elif regions:
+        crop, source = regions[0], "auto"
+    else:
+        crop, source = Box.WHOLE, "whole"
+    vector = get_embedder(backbone).embed_image(crop.crop(photo), wait_seconds=wait)
     embedded = time.monotonic()
     neighbours = nearest_products(vector, backbone, k=k, gender=gender, article_type=article_type)
     if settings.VISUAL_SEARCH_KEEP_UPLOADS:
         _keep(photo)
-    return VisualSearchResult(neighbours, {"embed": embedded - started, "search": time.monotonic() - embedded})
+    timings = {"locate": located - started, "embed": embedded - located, "search": time.monotonic() - embedded}
+    return VisualSearchResult(neighbours, crop, source, regions, timings)
 
 
 def _keep(photo: Image.Image) -> None:

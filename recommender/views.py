@@ -44,6 +44,8 @@ class PhotoSearch:
             k=form.cleaned_data["k"],
             gender=form.cleaned_data["gender"],
             article_type=form.cleaned_data["article_type"],
+            crop=form.cleaned_data["crop"],
+            find_garment=not form.cleaned_data["whole_photo"],
         )
         record_timing(request, **result.timings)
         return cls(form, result)
@@ -75,8 +77,8 @@ def _search_page(request):
         return response
     if search.result is None:
         return _page(request, search.form, status=400)
-    thumbnail = _thumbnail_data_uri(search.form.cleaned_data["image"].image)
-    return _page(request, search.form, result=search.result, query_thumbnail=thumbnail)
+    query_photo = _photo_data_uri(search.form.cleaned_data["image"].image)
+    return _page(request, search.form, result=search.result, query_photo=query_photo)
 
 
 def _page(request, form: VisualSearchForm, *, errors: list[str] = (), status: int = 200, **context):
@@ -86,10 +88,9 @@ def _page(request, form: VisualSearchForm, *, errors: list[str] = (), status: in
     return render(request, "recommender/visual_search.html", context, status=status)
 
 
-def _thumbnail_data_uri(photo: Image.Image) -> str:
-    """The shopper's photo, small, inline in the page: shown back to them without being stored."""
-    thumbnail = photo.copy()
-    thumbnail.thumbnail((240, 240))
+def _photo_data_uri(photo: Image.Image) -> str:
+    """The shopper's photo (already at most VISUAL_SEARCH_IMAGE_MAX_SIDE), inline in the page: shown back
+    to them, with the crop box over it, and sent again when they move the box; never stored."""
     buffer = io.BytesIO()
-    thumbnail.save(buffer, format="JPEG", quality=80)
+    photo.save(buffer, format="JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()

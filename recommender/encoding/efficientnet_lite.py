@@ -71,13 +71,14 @@ def scaled_stages(variant: Variant) -> list[Stage]:
     return stages
 
 
-def build(name: str):
-    """The network with ImageNet logits on top; input is (x - 127) / 128 scaled RGB."""
+def build(name: str, size: int | None = None):
+    """The network with ImageNet logits on top; input is (x - 127) / 128 scaled RGB, `size` pixels
+    square (by default the variant's own resolution)."""
     import keras
     from keras import layers
 
     variant = VARIANTS[name]
-    size = variant.resolution
+    size = size or variant.resolution
     inputs = keras.Input((size, size, 3), name="pixels")
 
     def conv_bn(x, filters, kernel, stride, prefix, activation=True):

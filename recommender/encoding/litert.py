@@ -7,9 +7,11 @@ or a new converter give a new file. int8 models are calibrated on catalogue phot
 `manage.py quantize_embedding` (which gives them to `convert`); this module never makes one itself.
 """
 
+import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import io
 import logging
 import os
 import queue
@@ -32,10 +34,14 @@ class InterpreterBusy(Exception):
 
 def model_file(backbone: Backbone) -> Path:
     """Where the converted model of `backbone` (its weights, at its precision) is cached."""
-    weights = backbone.weights()
-    stat = weights.stat()
-    digest = _weights_digest(weights, stat.st_size, stat.st_mtime_ns)
-    return Path(settings.EMBEDDING_MODEL_DIR) / f"{backbone.model_name}-{digest}-{backbone.precision}.tflite"
+    return converted_file(backbone.model_name, [backbone.weights()], backbone.precision)
+
+
+def converted_file(name: str, weights: list[Path], precision: str = "fp32") -> Path:
+    """Where a model built from these weight files is cached once converted."""
+    digests = [_weights_digest(path, path.stat().st_size, path.stat().st_mtime_ns) for path in weights]
+    digest = digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
+    return Path(settings.EMBEDDING_MODEL_DIR) / f"{name}-{digest}-{precision}.tflite"
 
 
 def kept_int8(backbone: Backbone) -> bool:
@@ -72,7 +78,10 @@ def convert(keras_model, calibration: np.ndarray | None = None) -> bytes:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
+    with contextlib.redirect_stdout(io.StringIO()) as printed:  # Keras prints every captured tensor
+        model = converter.convert()
+    logger.debug("Converter output: %s", printed.getvalue())
+    return model
 
 
 def write_atomically(path: Path, content: bytes) -> None:

@@ -122,3 +122,22 @@ def random_control(data: CatalogueVectors, seed: int = 0) -> CatalogueVectors:
     vectors = rng.normal(size=(len(data.product_ids), data.query_vectors.shape[1])).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return CatalogueVectors(data.product_ids, vectors, vectors, np.arange(len(vectors)), data.labels)
+
+
+def photo_search_scores(
+    vectors: np.ndarray, truth: np.ndarray, data: CatalogueVectors, k: int, exclude_truth: bool = False
+) -> dict[str, float]:
+    """Photos of known products (`truth`: their rows in `data`) searched against the catalogue:
+    exact-item recall@1 and @k, and article-type precision@k. With `exclude_truth` (the photo is the
+    product's own catalogue photo) the product itself is left out and only precision counts."""
+    image_scores = vectors @ data.image_vectors.T
+    product_scores = np.maximum.reduceat(image_scores, data.image_starts, axis=1)
+    if exclude_truth:
+        product_scores[np.arange(len(truth)), truth] = -np.inf
+    top = np.argsort(-product_scores, axis=1, kind="stable")[:, :k]
+    types = data.labels["article type"]
+    scores = {"photos": len(truth), f"type_precision@{k}": float(np.mean(types[top] == types[truth][:, None]))}
+    if not exclude_truth:
+        scores["recall@1"] = float(np.mean(top[:, 0] == truth))
+        scores[f"recall@{k}"] = float(np.mean((top == truth[:, None]).any(axis=1)))
+    return scores

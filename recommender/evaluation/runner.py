@@ -1,16 +1,20 @@
 """Evaluating the catalogue in the database: loads the stored vectors and labels, runs the metrics,
 and measures the served search path."""
 
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from django.core.files.storage import default_storage
+from PIL import Image
 
 from catalog.models import Product, ProductImage
 
 from ..encoding.backbones import Backbone
-from ..encoding.preprocessing import read_image
+from ..encoding.embedder import get_embedder
+from ..encoding.garment import Box, get_locator
+from ..encoding.preprocessing import image_pixels, read_image
 from ..models import ImageEmbedding
 from ..retrieval import nearest_products
 from .metrics import (
@@ -18,11 +22,15 @@ from .metrics import (
     exact_product_neighbours,
     label_scores,
     leave_one_out_neighbours,
+    photo_search_scores,
     random_control,
     raw_pixel_vector,
 )
+from .shopper_photos import shopper_photo
+from .split import in_test_split
 
 LABELS = {"article type": "article_type", "sub category": "sub_category", "base colour": "base_colour"}
+CLUTTER_PRODUCTS = 200  # other products whose photos appear beside the one in a shopper photo
 
 
 def catalogue_vectors(backbone: Backbone, limit: int | None = None) -> CatalogueVectors:
@@ -99,12 +107,18 @@ def brute_force_refit(data: CatalogueVectors, exact: np.ndarray, k: int, queries
     }
 
 
-def raw_pixel_vectors(product_ids: np.ndarray) -> np.ndarray:
-    """The 32×32-pixel floor, from each product's first image file."""
-    paths = {}
+def first_photo_names(product_ids: np.ndarray) -> dict[int, str]:
+    """Each product's first image file (in display order), by product id."""
+    names = {}
     images = ProductImage.objects.filter(product_id__in=product_ids.tolist()).order_by("position", "pk")
     for product_id, name in images.values_list("product_id", "image"):
-        paths.setdefault(product_id, name)  # the first image in display order
+        names.setdefault(product_id, name)
+    return names
+
+
+def raw_pixel_vectors(product_ids: np.ndarray) -> np.ndarray:
+    """The 32×32-pixel floor, from each product's first image file."""
+    paths = first_photo_names(product_ids)
 
     def vector(product_id):
         with default_storage.open(paths[product_id]) as file:
@@ -122,6 +136,7 @@ def evaluate_catalogue(
     limit: int | None = None,
     baselines: bool = False,
     control: bool = False,
+    shopper_photos: int = 0,
 ) -> dict:
     """Everything `manage.py evaluate_recommender` reports, as one JSON-ready dict."""
     started = time.monotonic()
@@ -141,5 +156,53 @@ def evaluate_catalogue(
         pixels = raw_pixel_vectors(data.product_ids)
         report["raw_pixels"] = label_scores(leave_one_out_neighbours(pixels, k), data.labels)
         report["brute_force_refit"] = brute_force_refit(data, exact, k)
+    if shopper_photos:
+        report.update(shopper_photo_quality(data, backbone, k, shopper_photos))
     report["seconds"] = time.monotonic() - started
     return report
+
+
+def shopper_photo_quality(data: CatalogueVectors, backbone: Backbone, k: int, count: int, seed: int = 0) -> dict:
+    """Search by photo on shopper-like photos of `count` test-split products (made with a fixed
+    seed; never used for tuning), and on their clean catalogue photos: the whole photo, the garment
+    the locator finds, and (shopper photos only) the product's true box, the locator's ceiling."""
+    skus = dict(Product.objects.filter(pk__in=data.product_ids.tolist()).values_list("pk", "sku"))
+    rows = [row for row, product_id in enumerate(data.product_ids.tolist()) if in_test_split(skus[product_id])]
+    rng = random.Random(seed)
+    rows = sorted(rng.sample(rows, min(count, len(rows))))
+    if not rows:
+        return {}
+    clutter_rows = rng.sample(range(len(data.product_ids)), min(CLUTTER_PRODUCTS, len(data.product_ids)))
+    names = first_photo_names(data.product_ids[sorted({*rows, *clutter_rows})])
+    photos = {}
+    for product_id, name in names.items():
+        with default_storage.open(name) as file:
+            photos[product_id] = read_image(file, 512)
+    shots, clean = [], []
+    for row in rows:
+        others = [photos[data.product_ids[other]] for other in rng.sample(clutter_rows, 3) if other != row]
+        clean.append(photos[data.product_ids[row]])
+        shots.append(shopper_photo(clean[-1], seed=rng.getrandbits(31), clutter=others))
+    embedder, locator = get_embedder(backbone), get_locator()
+
+    def embed(images: list[Image.Image]) -> np.ndarray:
+        size = backbone.input_size
+        return embedder.embed_pixels(np.stack([image_pixels(image, size) for image in images]))
+
+    def found(image: Image.Image) -> Image.Image:
+        regions = locator.locate(image)
+        return regions[0].crop(image) if regions else image
+
+    truth = np.array(rows)
+    images = [shot.image for shot in shots]
+    return {
+        "shopper_photos": {
+            "whole photo": photo_search_scores(embed(images), truth, data, k),
+            "garment found": photo_search_scores(embed([found(image) for image in images]), truth, data, k),
+            "true box": photo_search_scores(embed([Box(*s.box).crop(s.image) for s in shots]), truth, data, k),
+        },
+        "catalogue_photos": {
+            "whole photo": photo_search_scores(embed(clean), truth, data, k, exclude_truth=True),
+            "garment found": photo_search_scores(embed([found(image) for image in clean]), truth, data, k, True),
+        },
+    }

@@ -5,13 +5,25 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
+
+from tests.helpers import DATASET, ROOT
 
 # Playwright's sync API keeps an event loop in this thread; the test's own database calls are
 # still synchronous, so Django's async-safety check would misfire.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"  # from package-lock.json (bin/setup runs npm ci)
+
+# Every rule axe-core runs by default; each violation with the elements it was found on.
+RUN_AXE = """async () => {
+  const results = await axe.run(document, { resultTypes: ["violations"] });
+  return results.violations.map((v) => ({
+    id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((node) => node.target.join(" ")),
+  }));
+}"""
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +68,47 @@ def screenshot():
         return path
 
     return take
+
+
+@pytest.fixture(scope="session")
+def axe_source() -> str:
+    if not AXE.is_file():
+        pytest.fail(f"No axe-core at {AXE}: run WITH_BROWSER=1 bin/setup (it runs npm ci)")
+    return AXE.read_text()
+
+
+@pytest.fixture
+def assert_accessible(axe_source):
+    """Fails with axe-core's violations on the page as it stands, if it finds any.
+
+    axe is evaluated through Playwright rather than added as a <script>: the page's CSP forbids
+    inline scripts, and DevTools evaluation is not subject to it, so the page is checked under the
+    policy shoppers get."""
+
+    def check(page) -> None:
+        if not page.evaluate("() => 'axe' in window"):
+            page.evaluate(axe_source)
+        violations = page.evaluate(RUN_AXE)
+        lines = []
+        for violation in violations:
+            lines.append(f"{violation['id']} ({violation['impact']}): {violation['help']}")
+            lines.extend(f"    {target}" for target in violation["targets"][:10])
+            if len(violation["targets"]) > 10:
+                lines.append(f"    … and {len(violation['targets']) - 10} more")
+        summary = f"axe-core found {len(violations)} kinds of violation on {page.url}:"
+        assert not violations, "\n".join([summary, *lines])
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def side_by_side_photo(tmp_path_factory) -> Path:
+    """A shopper's photo with two catalogue products side by side: 10009 (a red T-shirt) on the
+    left, 10011 (grey track pants) on the right, so that which half is searched decides what is found."""
+    left, right = (Image.open(DATASET / "images" / f"{sku}.jpg").convert("RGB") for sku in ("10009", "10011"))
+    canvas = Image.new("RGB", (left.width + right.width, max(left.height, right.height)), "white")
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width, 0))
+    path = tmp_path_factory.mktemp("photos") / "two products.jpg"
+    canvas.save(path, quality=92)
+    return path

@@ -81,8 +81,17 @@ def test_shop_pages_and_search_by_photo(page, csp_console, shop):
         page.get_by_role("button", name="Find similar products").click()
     assert_policy_header(navigation.value)
     assert_images_rendered(page, ".search-results .product-card img", 5)
-    assert page.locator("[data-preview]").get_attribute("src").startswith("data:image/")
-    assert_images_rendered(page, "[data-preview]", 1)
+    assert page.locator("[data-query-photo]").get_attribute("src").startswith("data:image/")
+    assert_images_rendered(page, "[data-query-photo]", 1)
+    assert_nothing_blocked(page, csp_console)
+
+    # the crop box is placed through the CSSOM, and the new search posts the photo from the page
+    page.locator("[data-crop-box]").focus()
+    with page.expect_response(lambda response: response.request.method == "POST") as searched:
+        page.keyboard.press("Shift+ArrowUp")
+    assert searched.value.ok
+    expect(page.locator("[data-crop-status]")).not_to_be_empty()
+    assert_images_rendered(page, ".search-results .product-card img", 5)
     assert_nothing_blocked(page, csp_console)
 
 

@@ -39,12 +39,29 @@ class Command(BaseCommand):
             action="store_true",
             help="Also float32 against the int8 model (made by quantize_embedding) on the test split.",
         )
+        parser.add_argument(
+            "--shopper-photos",
+            type=int,
+            default=300,
+            help="Search by photo on this many shopper-like photos of test-split products, made with a fixed "
+            "seed (0: skip).",
+        )
         parser.add_argument("--json", type=Path, help="Write the full report here.")
 
-    def handle(self, backbone, k, sample, limit, baselines, control, int8, json: Path | None, **options):
+    def handle(
+        self, backbone, k, sample, limit, baselines, control, int8, shopper_photos, json: Path | None, **options
+    ):
         backbone = get_backbone(backbone)
         try:
-            report = evaluate_catalogue(backbone, k=k, sample=sample, limit=limit, baselines=baselines, control=control)
+            report = evaluate_catalogue(
+                backbone,
+                k=k,
+                sample=sample,
+                limit=limit,
+                baselines=baselines,
+                control=control,
+                shopper_photos=shopper_photos,
+            )
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         report["machine"] = f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)"
@@ -93,4 +110,20 @@ class Command(BaseCommand):
                 f"Original design (brute-force NearestNeighbors refitted per query): "
                 f"p50 {brute['latency_p50_ms']:.2f} ms, p95 {brute['latency_p95_ms']:.2f} ms"
             )
+        if "shopper_photos" in report:
+            self.print_photo_search(report, k)
         write(f"({report['seconds']:.1f}s on {report['machine']})")
+
+    def print_photo_search(self, report: dict, k: int) -> None:
+        write = self.stdout.write
+        photos = next(iter(report["shopper_photos"].values()))["photos"]
+        write(f"Search by photo, {photos} test-split products (fixed seed):")
+        header = f"{'':<18}{'query':<16}{'recall@1':>9}{f'recall@{k}':>10}{f'type P@{k}':>10}"
+        write(header)
+        write("-" * len(header))
+        for kind, key in (("shopper photo", "shopper_photos"), ("catalogue photo", "catalogue_photos")):
+            for query, scores in report[key].items():
+                recall_1 = f"{scores['recall@1']:.3f}" if "recall@1" in scores else "-"
+                recall_k = f"{scores[f'recall@{k}']:.3f}" if f"recall@{k}" in scores else "-"
+                write(f"{kind:<18}{query:<16}{recall_1:>9}{recall_k:>10}{scores[f'type_precision@{k}']:>10.3f}")
+        write("(catalogue photo: the product's own photo, the product itself left out of its results)")
