@@ -5,9 +5,11 @@ from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector, SearchVectorField
 from django.db import models
 from django.db.models import F, Prefetch
+from django.db.models.functions import Lower
 from django.urls import reverse
 from django.utils.text import slugify
 
+from .colours import colour_family, colours_in_family
 from .fields import ProductImageField
 
 # Weighted so that a word in the name outranks the same word in the article type.
@@ -19,6 +21,16 @@ SEARCH_DOCUMENT = SearchVector("name", weight="A", config="english") + SearchVec
 class ProductQuerySet(models.QuerySet):
     def with_images(self):
         return self.prefetch_related(Prefetch("images", queryset=ProductImage.objects.order_by("position", "id")))
+
+    def of_colour(self, family: str):
+        """Products whose base colour belongs to a colour family (catalog.colours), in any letter case."""
+        colours = [colour.lower() for colour in colours_in_family(family)]
+        return self.alias(base_colour_lower=Lower("base_colour")).filter(base_colour_lower__in=colours)
+
+    def colour_families(self) -> list[str]:
+        """The colour families of these products, by name (products of unknown colour have none)."""
+        colours = self.order_by().values_list("base_colour", flat=True).distinct()
+        return sorted({colour_family(colour) for colour in colours} - {""})
 
     def matching(self, text: str):
         """Products whose name (or article type) matches the shopper's keywords."""

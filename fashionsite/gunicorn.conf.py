@@ -16,12 +16,12 @@ def post_worker_init(worker):
     """Load the embedding model and the garment locator in the background as each worker starts, so that the first photo
     search does not wait for TensorFlow (it is never loaded in the master, before the fork)."""
     if os.environ.get("WARM_UP_MODEL", "1") == "1":
-        from recommender.encoding.backbones import get_backbone
+        from recommender.active import active_backbone
         from recommender.encoding.embedder import get_embedder
         from recommender.encoding.garment import get_locator
 
         def warm_up():
-            get_embedder(get_backbone())
+            get_embedder(active_backbone())
             get_locator()
 
         threading.Thread(target=warm_up, name="warm-up-model", daemon=True).start()

@@ -174,6 +174,10 @@ EMBEDDING_MODEL_DIR = Path(env_str("EMBEDDING_MODEL_DIR", str(DATA_DIR / "models
 # reference model instead. int8 is its own embedding space, made by `manage.py quantize_embedding`
 # only when it passes its quality check; "auto" uses it once it exists, "fp32" never.
 EMBEDDING_RUNTIME = env_str("EMBEDDING_RUNTIME", "litert")
+# Models trained on the catalogue (manage.py train_embedding), one directory per version, and the
+# frozen backbone's features of photos they were trained on, kept so retraining skips the backbone.
+TRAINED_MODEL_DIR = Path(env_str("TRAINED_MODEL_DIR", str(EMBEDDING_MODEL_DIR / "trained")))
+EMBEDDING_FEATURE_DIR = Path(env_str("EMBEDDING_FEATURE_DIR", str(EMBEDDING_MODEL_DIR / "features")))
 EMBEDDING_PRECISION = env_str("EMBEDDING_PRECISION", "auto")
 # Per process: how many interpreters may run at once, and the threads each uses.
 EMBEDDING_INTERPRETERS = env_int("EMBEDDING_INTERPRETERS", 2)
@@ -246,9 +250,21 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing from a web request must not hang when Redis is down: fail fast, the sweep catches up.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
-CELERY_TASK_ROUTES = {"recommender.tasks.embed_images_task": {"queue": "embeddings"}}
+CELERY_TASK_ROUTES = {
+    "recommender.tasks.embed_images_task": {"queue": "embeddings"},
+    # minutes long: a worker of their own (bin/demo starts one) keeps them from holding up new photos
+    "recommender.tasks.train_embedding_task": {"queue": "training"},
+    "recommender.tasks.activate_model_task": {"queue": "training"},
+}
 EMBEDDING_SWEEP_SECONDS = env_int("EMBEDDING_SWEEP_SECONDS", 60)
 INDEX_REBUILD_SECONDS = env_int("INDEX_REBUILD_SECONDS", 300)
+# Trained embeddings: beat trains the first model once this many products are embedded (the whole
+# catalogue), and another when the catalogue has grown by this share since the newest model.
+EMBEDDING_TRAIN_MIN_PRODUCTS = env_int("EMBEDDING_TRAIN_MIN_PRODUCTS", 500)
+EMBEDDING_RETRAIN_GROWTH = float(env_str("EMBEDDING_RETRAIN_GROWTH", "0.2"))
+EMBEDDING_TRAIN_CHECK_SECONDS = env_int("EMBEDDING_TRAIN_CHECK_SECONDS", 600)
+# A model trained by beat is activated on its own when it beats the active one on the test split.
+EMBEDDING_AUTO_ACTIVATE = env_bool("EMBEDDING_AUTO_ACTIVATE", True)
 CELERY_BEAT_SCHEDULE = {
     "sweep-missing-embeddings": {
         "task": "recommender.tasks.sweep_missing_embeddings",
@@ -257,6 +273,10 @@ CELERY_BEAT_SCHEDULE = {
     "rebuild-index-when-stale": {
         "task": "recommender.tasks.rebuild_index",
         "schedule": INDEX_REBUILD_SECONDS,
+    },
+    "train-embedding-when-due": {
+        "task": "recommender.tasks.train_embedding_when_due",
+        "schedule": EMBEDDING_TRAIN_CHECK_SECONDS,
     },
 }
 

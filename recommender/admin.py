@@ -1,12 +1,12 @@
 from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from .encoding.backbones import get_backbone
-from .models import ImageEmbedding
+from .active import active_backbone
+from .models import EmbeddingModel, ImageEmbedding
 from .status import recommender_status
-from .tasks import queue_embeddings, rebuild_index
+from .tasks import activate_model_task, queue_embeddings, rebuild_index, train_embedding_task
 
 
 @admin.register(ImageEmbedding)
@@ -75,5 +75,104 @@ class ImageEmbeddingAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:recommender_imageembedding_changelist"))
 
     def changelist_view(self, request, extra_context=None):
-        extra_context = {**(extra_context or {}), "recommender_status": recommender_status(get_backbone())}
+        extra_context = {**(extra_context or {}), "recommender_status": recommender_status(active_backbone())}
         return super().changelist_view(request, extra_context=extra_context)
+
+
+def _queue(admin_view, request, task, args, done: str) -> None:
+    try:
+        task.apply_async(args)
+        admin_view.message_user(request, done, messages.SUCCESS)
+    except Exception as exc:  # kombu raises several types for a missing broker
+        admin_view.message_user(request, f"The task queue is unreachable ({exc}); try again later.", messages.ERROR)
+
+
+EVALUATED_LABELS = ("article type", "sub category", "colour", "colour family")
+
+
+@admin.register(EmbeddingModel)
+class EmbeddingModelAdmin(admin.ModelAdmin):
+    list_display = (
+        "version",
+        "status",
+        "base",
+        "products",
+        "type_p5",
+        "colour_p5",
+        "family_p5",
+        "recall5",
+        "created_at",
+    )
+    list_filter = ("status",)
+    readonly_fields = [field.name for field in EmbeddingModel._meta.fields] + ["evaluation"]
+    exclude = ("metrics",)
+    actions = ["activate"]
+    change_list_template = "admin/recommender/embeddingmodel/change_list.html"
+
+    def has_add_permission(self, request):
+        return False
+
+    def _score(self, obj, label: str, key: str = "micro") -> str:
+        try:
+            frozen, trained = obj.metrics["frozen"][label][key], obj.metrics["trained"][label][key]
+        except (KeyError, TypeError):
+            return "-"
+        return f"{trained:.3f} (frozen {frozen:.3f})"
+
+    @admin.display(description="Type P@5")
+    def type_p5(self, obj):
+        return self._score(obj, "article type")
+
+    @admin.display(description="Colour P@5")
+    def colour_p5(self, obj):
+        return self._score(obj, "colour")
+
+    @admin.display(description="Colour family P@5")
+    def family_p5(self, obj):
+        return self._score(obj, "colour family")
+
+    @admin.display(description="Shopper photos recall@5")
+    def recall5(self, obj):
+        return self._score(obj, "shopper photos", "recall@5")
+
+    @admin.display(description="Evaluation on the test split")
+    def evaluation(self, obj):
+        rows = format_html_join(
+            "",
+            "<tr><th>{}</th><td>{}</td><td>{}</td></tr>",
+            ((label, self._score(obj, label), self._score(obj, label, "macro")) for label in EVALUATED_LABELS),
+        )
+        return format_html("<table><tr><th></th><th>P@5 (micro)</th><th>P@5 (macro)</th></tr>{}</table>", rows)
+
+    @admin.action(description="Activate the selected model (embeds the catalogue first, then switches)")
+    def activate(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Choose one model to activate.", messages.WARNING)
+            return
+        model = queryset.get()
+        if model.status not in (EmbeddingModel.Status.READY, EmbeddingModel.Status.RETIRED):
+            self.message_user(request, f"Model {model.version} is {model.get_status_display()}.", messages.WARNING)
+            return
+        _queue(
+            self,
+            request,
+            activate_model_task,
+            (model.version,),
+            f"Activating {model.version}: the catalogue is embedded with it in the background, and search "
+            "switches to it once that is complete.",
+        )
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.train_view)
+        return [path("train/", view, name="recommender_train_embedding"), *super().get_urls()]
+
+    def train_view(self, request):
+        if request.method == "POST" and self.has_change_permission(request):
+            _queue(
+                self,
+                request,
+                train_embedding_task,
+                (),
+                "Training queued: a new model appears here in about 15 minutes.",
+            )
+        return HttpResponseRedirect(reverse("admin:recommender_embeddingmodel_changelist"))

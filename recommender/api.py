@@ -16,9 +16,9 @@ from pydantic import Field
 from catalog.models import Product, ProductImage
 from fashionsite.throttling import retry_after
 
-from .encoding.backbones import get_backbone
+from .active import active_backbone
 from .encoding.embedder import EmbedderBusy
-from .forms import MAX_RESULTS, refuse_upload
+from .forms import MAX_RESULTS, UNKNOWN_COLOUR, refuse_upload
 from .retrieval import Neighbour, index_in_use
 from .similar import similar_products
 from .timing import record_timing
@@ -49,7 +49,7 @@ class ErrorBody(Schema):
     status: int
     code: str = Field(
         description="required, empty, not_image, too_large, too_many_pixels, aspect_ratio, corrupt, invalid, "
-        "invalid_crop, invalid_body, length_required, not_found, rate_limited, busy, unavailable"
+        "invalid_choice, invalid_crop, invalid_body, length_required, not_found, rate_limited, busy, unavailable"
     )
     message: str
     details: dict | None = Field(None, description="Per-field errors, when a parameter was invalid.")
@@ -115,10 +115,17 @@ class IndexStatusOut(Schema):
     index_items: int | None
 
 
+COLOUR_DESCRIPTION = (
+    "Only products of this colour family, e.g. blue (Blue, Navy Blue, Teal, Turquoise Blue), as offered by the "
+    "search page. A colour the catalogue does not have is a 400 with code invalid_choice."
+)
+
+
 class SimilarQuery(Schema):
     k: int = Field(5, ge=1, le=MAX_RESULTS, description="How many products.")
     gender: str = Field("", max_length=32, description="Only products of this gender.")
     article_type: str = Field("", max_length=64, description="Only products of this article type.")
+    colour: str = Field("", max_length=32, description=COLOUR_DESCRIPTION)
 
 
 def _error(status: int, code: str, message: str, details: dict | None = None):
@@ -208,8 +215,18 @@ def similar(request, pk: int, filters: Query[SimilarQuery]):
     product = Product.objects.filter(pk=pk).with_images().first()
     if product is None:
         raise ApiError(404, "not_found", f"There is no product {pk}.")
-    backbone = get_backbone()
-    found = similar_products(product, backbone, k=filters.k, gender=filters.gender, article_type=filters.article_type)
+    if filters.colour and filters.colour not in Product.objects.colour_families():
+        message = UNKNOWN_COLOUR % {"value": filters.colour}
+        raise ApiError(400, "invalid_choice", message, {"colour": [{"message": message, "code": "invalid_choice"}]})
+    backbone = active_backbone()
+    found = similar_products(
+        product,
+        backbone,
+        k=filters.k,
+        gender=filters.gender,
+        article_type=filters.article_type,
+        colour=filters.colour,
+    )
     record_timing(request, similar=found.seconds)
     body = {
         "status": "pending" if found.pending else "ok",
@@ -235,6 +252,7 @@ SEARCH_BODY = {
                     "image": {"type": "string", "format": "binary", "description": "JPEG, PNG, WebP, GIF, BMP or TIFF"},
                     "gender": {"type": "string", "description": "Only products of this gender."},
                     "article_type": {"type": "string", "description": "Only products of this article type."},
+                    "colour": {"type": "string", "description": COLOUR_DESCRIPTION},
                     "k": {"type": "integer", "minimum": 1, "maximum": MAX_RESULTS, "default": 5},
                     "crop": {
                         "type": "string",
@@ -268,7 +286,7 @@ def search(request):
     if refusal:
         raise ApiError(refusal.status, refusal.code, refusal.message)
     throttle(request, PHOTO_SEARCH_GROUP, settings.VISUAL_SEARCH_RATE_LIMIT)
-    backbone = get_backbone()
+    backbone = active_backbone()
     try:
         photo_search = PhotoSearch.run(request, backbone)
     except EmbedderBusy:
@@ -290,7 +308,7 @@ def search(request):
 @api.get("/recommender/status", response=IndexStatusOut, url_name="index-status", summary="The index in use")
 def index_status(request):
     """Which index version this web process answers from (for health checks and operators)."""
-    backbone = get_backbone()
+    backbone = active_backbone()
     manifest = index_in_use(backbone)
     return {
         "backbone": backbone.name,

@@ -7,18 +7,25 @@ from django.core.exceptions import SuspiciousOperation
 from django.http.multipartparser import MultiPartParserError
 from django.template.defaultfilters import filesizeformat
 
+from catalog.colours import family_label
 from catalog.fields import ImageUploadField
 from catalog.models import Product
 
 from .encoding.garment import Box, InvalidBox
 
 MAX_RESULTS = 50
+UNKNOWN_COLOUR = "There is no colour '%(value)s' in the catalogue."
 logger = logging.getLogger(__name__)
 
 
 def _choices(field: str, label: str) -> list[tuple[str, str]]:
     values = Product.objects.exclude(**{field: ""}).order_by(field).values_list(field, flat=True).distinct()
     return [("", label), *((value, value) for value in values)]
+
+
+def colour_choices() -> list[tuple[str, str]]:
+    """The colour families of the catalogue's products, as the filter offers them."""
+    return [("", "Any colour"), *((family, family_label(family)) for family in Product.objects.colour_families())]
 
 
 class VisualSearchForm(forms.Form):
@@ -30,6 +37,7 @@ class VisualSearchForm(forms.Form):
     )
     gender = forms.ChoiceField(required=False)
     article_type = forms.ChoiceField(required=False, label="Article type")
+    colour = forms.ChoiceField(required=False, error_messages={"invalid_choice": UNKNOWN_COLOUR})
     k = forms.IntegerField(required=False, min_value=1, max_value=MAX_RESULTS, initial=5, widget=forms.HiddenInput)
     # The part of the photo to search with, "x0,y0,x1,y1" as fractions; by default the garment found.
     crop = forms.CharField(required=False, widget=forms.HiddenInput)
@@ -45,6 +53,7 @@ class VisualSearchForm(forms.Form):
         self.fields["image"].max_pixels = settings.VISUAL_SEARCH_MAX_PIXELS
         self.fields["gender"].choices = _choices("gender", "Any gender")
         self.fields["article_type"].choices = _choices("article_type", "Any article type")
+        self.fields["colour"].choices = colour_choices()
 
     def clean_k(self) -> int:
         return self.cleaned_data.get("k") or 5

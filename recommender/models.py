@@ -86,3 +86,53 @@ class ImageEmbedding(models.Model):
 
     def __str__(self):
         return f"{self.backbone} embedding of image {self.image_id} ({self.status})"
+
+
+class EmbeddingModelQuerySet(models.QuerySet):
+    def active(self) -> "EmbeddingModel | None":
+        return self.filter(status=EmbeddingModel.Status.ACTIVE).first()
+
+
+class EmbeddingModel(models.Model):
+    """An embedding model trained on the catalogue (its files live in TRAINED_MODEL_DIR/<version>/).
+
+    At most one is active: its vectors and index answer shoppers. Until one is, and whenever the
+    active one cannot be loaded, the frozen backbone answers."""
+
+    class Status(models.TextChoices):
+        TRAINING = "training", "training"
+        READY = "ready", "ready"
+        ACTIVATING = "activating", "activating (embedding the catalogue)"
+        ACTIVE = "active", "active"
+        RETIRED = "retired", "retired"
+        FAILED = "failed", "failed"
+
+    version = models.CharField(max_length=24, unique=True)
+    base = models.CharField(max_length=32, help_text="The frozen backbone whose vectors the head takes.")
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.TRAINING)
+    products = models.PositiveIntegerField(default=0, help_text="Catalogue products when it was trained.")
+    fingerprint = models.CharField(
+        max_length=64, blank=True, help_text="Of the training data: products, photos, labels."
+    )
+    metrics = models.JSONField(default=dict, blank=True, help_text="Its evaluation on the test split.")
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    objects = EmbeddingModelQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["status"], condition=models.Q(status="active"), name="one_active_embedding_model"
+            )
+        ]
+
+    def __str__(self):
+        return f"trained model {self.version} ({self.get_status_display()})"
+
+    @property
+    def space(self) -> str:
+        """The name its vectors and index are kept under (the backbone name of its embedding space)."""
+        return f"trained-{self.version}"

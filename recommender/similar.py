@@ -29,15 +29,22 @@ class SimilarItems:
 
 
 def similar_products(
-    product: Product, backbone: Backbone, *, k: int = 5, gender: str = "", article_type: str = ""
+    product: Product,
+    backbone: Backbone,
+    *,
+    k: int = 5,
+    gender: str = "",
+    article_type: str = "",
+    colour: str = "",
 ) -> SimilarItems:
-    """The k products that look most like `product` (never itself), of a gender/article type if given.
+    """The k products that look most like `product` (never itself), of a gender/article type/colour
+    family if given.
 
     Cached per product until the index changes, and for at most SIMILAR_ITEMS_CACHE_SECONDS.
     """
     started = time.monotonic()
     version = current_version(backbone) or "exact"
-    key = f"similar:{backbone.name}:{version}:{product.pk}:{k}:{gender}:{article_type}"
+    key = f"similar:{backbone.name}:{version}:{product.pk}:{k}:{gender}:{article_type}:{colour}"
     cached = _cache_get(key)
     if cached is not None:
         neighbours = _neighbours_from_ids(cached)
@@ -54,7 +61,13 @@ def similar_products(
     if vector is None:
         return SimilarItems([], pending=True, seconds=time.monotonic() - started)
     neighbours = nearest_products(
-        vector, backbone, k=k, exclude_product_id=product.pk, gender=gender, article_type=article_type
+        vector,
+        backbone,
+        k=k,
+        exclude_product_id=product.pk,
+        gender=gender,
+        article_type=article_type,
+        colour=colour,
     )
     _cache_set(key, [(n.product.pk, n.image.pk, n.score) for n in neighbours])
     return SimilarItems(neighbours, seconds=time.monotonic() - started)
@@ -100,6 +113,7 @@ def search_by_photo(
     k: int = 5,
     gender: str = "",
     article_type: str = "",
+    colour: str = "",
     crop: Box | None = None,
     find_garment: bool = True,
 ) -> VisualSearchResult:
@@ -120,7 +134,7 @@ def search_by_photo(
         crop, source = Box.WHOLE, "whole"
     vector = get_embedder(backbone).embed_image(crop.crop(photo), wait_seconds=wait)
     embedded = time.monotonic()
-    neighbours = nearest_products(vector, backbone, k=k, gender=gender, article_type=article_type)
+    neighbours = nearest_products(vector, backbone, k=k, gender=gender, article_type=article_type, colour=colour)
     if settings.VISUAL_SEARCH_KEEP_UPLOADS:
         _keep(photo)
     timings = {"locate": located - started, "embed": embedded - located, "search": time.monotonic() - embedded}

@@ -2,11 +2,14 @@
 
 from dataclasses import dataclass
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Count
 
 from catalog.models import ProductImage
 
-from .encoding.backbones import BACKBONES, Backbone
+from .active import space_by_name
+from .encoding.backbones import Backbone
+from .encoding.projection import ModelArtifactError
 from .models import ImageEmbedding
 from .retrieval import IndexManifest, current_manifest, version_size
 
@@ -36,7 +39,7 @@ def recommender_status(active: Backbone) -> list[BackboneStatus]:
         .order_by()
     }
     used = {name for name, _ in counts} - {active.name}
-    backbones = [active] + [BACKBONES[name] for name in sorted(used) if name in BACKBONES]
+    backbones = [active] + [space for space in map(_space, sorted(used)) if space is not None]
     return [
         BackboneStatus(
             backbone=backbone.name,
@@ -49,3 +52,10 @@ def recommender_status(active: Backbone) -> list[BackboneStatus]:
         )
         for backbone in backbones
     ]
+
+
+def _space(name: str) -> Backbone | None:
+    try:
+        return space_by_name(name)
+    except (ModelArtifactError, ImproperlyConfigured):  # a model's files gone, a backbone no longer offered
+        return None

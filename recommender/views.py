@@ -11,7 +11,8 @@ from PIL import Image
 
 from fashionsite.throttling import retry_after, too_many_requests_page
 
-from .encoding.backbones import Backbone, get_backbone
+from .active import active_backbone
+from .encoding.backbones import Backbone
 from .encoding.embedder import EmbedderBusy
 from .forms import VisualSearchForm, refuse_upload
 from .similar import VisualSearchResult, search_by_photo
@@ -44,6 +45,7 @@ class PhotoSearch:
             k=form.cleaned_data["k"],
             gender=form.cleaned_data["gender"],
             article_type=form.cleaned_data["article_type"],
+            colour=form.cleaned_data["colour"],
             crop=form.cleaned_data["crop"],
             find_garment=not form.cleaned_data["whole_photo"],
         )
@@ -70,7 +72,7 @@ def _search_page(request):
     if seconds:
         return too_many_requests_page(request, seconds, "photo searches")
     try:
-        search = PhotoSearch.run(request, get_backbone())
+        search = PhotoSearch.run(request, active_backbone())
     except EmbedderBusy:
         response = _page(request, VisualSearchForm(), errors=[BUSY_MESSAGE], status=503)
         response["Retry-After"] = str(BUSY_RETRY_SECONDS)

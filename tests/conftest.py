@@ -35,6 +35,13 @@ def index_dir(settings, tmp_path) -> Path:
     return settings.INDEX_DIR
 
 
+@pytest.fixture(autouse=True)
+def trained_model_dirs(settings, tmp_path):
+    """Each test saves trained models and caches features in folders of its own."""
+    settings.TRAINED_MODEL_DIR = tmp_path / "trained"
+    settings.EMBEDDING_FEATURE_DIR = tmp_path / "features"
+
+
 def shared_styles(dataset: Path, count: int, start: int = 0) -> tuple[list[str], list[list[str]]]:
     with (dataset / "styles.csv").open(newline="") as handle:
         reader = csv.reader(handle)
@@ -114,6 +121,8 @@ def subprocess_env(settings):
             ),
             DJANGO_MEDIA_ROOT=str(settings.MEDIA_ROOT),
             EMBEDDING_MODEL_DIR=str(settings.EMBEDDING_MODEL_DIR),
+            TRAINED_MODEL_DIR=str(settings.TRAINED_MODEL_DIR),
+            EMBEDDING_FEATURE_DIR=str(settings.EMBEDDING_FEATURE_DIR),
             INDEX_DIR=str(settings.INDEX_DIR),
             PYTHONPATH=str(ROOT),
             TF_CPP_MIN_LOG_LEVEL="2",
@@ -215,3 +224,18 @@ def indexed_catalogue(embedded_catalogue, lite2):
 def staff_client(client, django_user_model):
     client.force_login(django_user_model.objects.create_superuser("staff", "staff@example.com", "a-long-password"))
     return client
+
+
+@pytest.fixture
+def shared_slice(db, fashion_dataset, lite2):
+    """300 products spread over the whole shared catalogue, embedded and indexed."""
+    from catalog.importing import import_products, kaggle_rows
+    from recommender.embedding import embed_catalogue
+    from recommender.retrieval import build_index
+
+    lines = set(range(2, 8151, 27))
+    report = import_products(row for row in kaggle_rows(fashion_dataset) if row.line in lines)
+    assert report.created >= 300
+    embed_catalogue(lite2)
+    build_index(lite2)
+    return report.created

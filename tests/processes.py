@@ -72,7 +72,9 @@ class CeleryWorker:
     """`celery worker` in its own process group, logging to a file the caller can read
     (used by the tests and by benchmarks/worker_throughput.py)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "embeddings,celery", concurrency: int = 1):
+    def __init__(
+        self, env: dict[str, str], log_path: Path, queues: str = "embeddings,celery,training", concurrency: int = 1
+    ):
         self.env, self.log_path, self.queues, self.concurrency = env, log_path, queues, concurrency
         self.process: subprocess.Popen | None = None
 

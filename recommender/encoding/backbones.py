@@ -10,7 +10,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from . import efficientnet_lite
+from .projection import TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class Backbone:
     weights: Callable[[], Path]  # the weights file the model is built from
     description: str
     precision: str = "fp32"  # "int8": the LiteRT model quantised to integers (its own embedding space)
+    trained: "TrainedModel | None" = field(default=None, compare=False)  # a head on this backbone's vectors
 
     @property
     def model_name(self) -> str:
@@ -182,6 +184,18 @@ _FP32 = [
     ),
 ]
 BACKBONES = {backbone.name: backbone for backbone in [*_FP32, *map(_int8, _FP32)]}
+
+
+def trained_backbone(model: TrainedModel) -> Backbone:
+    """The embedding space of a trained model: its base backbone's photos, its head's vectors."""
+    base = get_backbone(model.base)
+    return replace(
+        base,
+        name=f"trained-{model.version}",
+        dimension=model.head.dimension,
+        description=f"trained on the catalogue ({model.version}): {base.name} and a {model.head.dimension}-d head",
+        trained=model,
+    )
 
 
 def get_backbone(name: str | None = None) -> Backbone:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from .backbones import Backbone, WeightsNotFound
 from .preprocessing import image_pixels
+from .projection import head_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,20 @@ class LiteRTEmbedder(Embedder):
             raise EmbedderBusy(str(exc)) from None
 
 
+class ProjectedEmbedder(Embedder):
+    """A trained model: the base backbone's embedder, then the trained head (numpy, on the same pixels)."""
+
+    def __init__(self, backbone: Backbone, base: Embedder):
+        super().__init__(backbone)
+        self.base = base
+        self.runtime = f"{base.runtime} + trained head"
+
+    def embed_pixels(self, pixels: np.ndarray, wait_seconds: float | None = None) -> np.ndarray:
+        if len(pixels) == 0:
+            return np.zeros((0, self.backbone.dimension), dtype=np.float32)
+        return self.backbone.trained.head.apply(head_inputs(self.base.embed_pixels(pixels, wait_seconds), pixels))
+
+
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -113,6 +128,10 @@ def normalise_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 def load_embedder(backbone: Backbone) -> Embedder:
+    if backbone.trained is not None:
+        from .backbones import get_backbone
+
+        return ProjectedEmbedder(backbone, get_embedder(get_backbone(backbone.trained.base)))
     if backbone.precision == "int8":
         return LiteRTEmbedder(backbone)
     if settings.EMBEDDING_RUNTIME == "keras":
@@ -127,7 +146,7 @@ def load_embedder(backbone: Backbone) -> Embedder:
 
 
 _embedders: dict[str, Embedder] = {}
-_embedders_lock = threading.Lock()
+_embedders_lock = threading.RLock()  # a trained model loads its base backbone inside
 
 
 def get_embedder(backbone: Backbone) -> Embedder:

@@ -141,3 +141,23 @@ def photo_search_scores(
         scores["recall@1"] = float(np.mean(top[:, 0] == truth))
         scores[f"recall@{k}"] = float(np.mean((top == truth[:, None]).any(axis=1)))
     return scores
+
+
+def query_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """(len(queries), k) indices of the k rows of `vectors` most similar to each query row, never itself."""
+    scores = vectors[queries] @ vectors.T
+    scores[np.arange(len(queries)), queries] = -np.inf
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(best, order, axis=1)
+
+
+def label_precision(neighbours: np.ndarray, queries: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Micro and macro (over the queries' labels) precision@k of `neighbours` of the `queries` rows;
+    queries without a label ("") are left out."""
+    labels = np.asarray(labels)
+    known = labels[queries] != ""
+    hits = (labels[neighbours[known]] == labels[queries[known]][:, None]).mean(axis=1)
+    query_labels = labels[queries[known]]
+    macro = [hits[query_labels == label].mean() for label in np.unique(query_labels)]
+    return {"micro": float(hits.mean()), "macro": float(np.mean(macro)), "queries": int(known.sum())}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
+from django.db.models import QuerySet
 
 from catalog.models import Product, ProductImage
 
@@ -73,41 +74,49 @@ def nearest_products(
     exclude_product_id: int | None = None,
     gender: str = "",
     article_type: str = "",
+    colour: str = "",
 ) -> list[Neighbour]:
-    """The k products most similar to `query`, best first, one per product, matching the filters.
+    """The k products most similar to `query`, best first, one per product, matching the filters
+    (`colour` is a colour family, catalog.colours).
 
     Filters are applied to candidates, which widen until k products match; a filter that matches few
     products stops at SEARCH_MAX_CANDIDATES images (and one that matches none, at once).
     """
-    if (gender or article_type) and not _filtered_products(gender, article_type).exists():
+    products = _filtered_products(gender, article_type, colour)
+    if products is not None and not products.exists():
         return []
     bound = max(settings.SEARCH_MAX_CANDIDATES, k)
     wanted = min(k * CANDIDATES_PER_RESULT, bound)
     while True:
         candidates = candidate_images(query, wanted, backbone)
-        neighbours = _collapse_to_products(candidates, k, exclude_product_id, gender, article_type)
+        neighbours = _collapse_to_products(candidates, k, exclude_product_id, products)
         if len(neighbours) >= k or wanted >= min(candidates.searched, bound):
             return neighbours
         wanted = min(wanted * 4, bound)
 
 
-def _filtered_products(gender: str, article_type: str):
+def _filtered_products(gender: str, article_type: str, colour: str) -> QuerySet | None:
+    """The products the filters allow (None: no filter)."""
+    if not (gender or article_type or colour):
+        return None
     products = Product.objects.all()
     if gender:
         products = products.filter(gender=gender)
     if article_type:
         products = products.filter(article_type=article_type)
+    if colour:
+        products = products.of_colour(colour)
     return products
 
 
-def _collapse_to_products(candidates: Candidates, k, exclude_product_id, gender, article_type) -> list[Neighbour]:
+def _collapse_to_products(
+    candidates: Candidates, k: int, exclude_product_id: int | None, products: QuerySet | None
+) -> list[Neighbour]:
     images = ProductImage.objects.filter(pk__in=candidates.image_ids.tolist()).select_related("product")
     if exclude_product_id is not None:
         images = images.exclude(product_id=exclude_product_id)
-    if gender:
-        images = images.filter(product__gender=gender)
-    if article_type:
-        images = images.filter(product__article_type=article_type)
+    if products is not None:
+        images = images.filter(product__in=products)
     by_id = {image.pk: image for image in images}
     neighbours, seen = [], set()
     for image_id, score in zip(candidates.image_ids.tolist(), candidates.scores.tolist()):

@@ -48,6 +48,17 @@ def test_only_same_article_type(page, shop):
     assert metas and all(meta.startswith(product.article_type) for meta in metas)
 
 
+def test_only_same_colour_family(page, shop):
+    product = Product.objects.get(sku="10008")  # Navy Blue
+    family = set(Product.objects.of_colour("blue").values_list("base_colour", flat=True))
+    page.goto(shop + product.get_absolute_url())
+    page.get_by_role("link", name="Only Blue").click()
+    page.wait_for_url(re.compile(r"same_colour=1"))
+    expect(page.get_by_role("link", name="Only Blue")).to_have_attribute("aria-current", "true")
+    metas = page.locator(".similar .product-card__meta").all_inner_texts()
+    assert len(metas) == 5 and all(meta.split(" · ")[1] in family for meta in metas)
+
+
 def test_search_by_photo_finds_the_product_first(page, shop, fashion_dataset, screenshot):
     page.goto(shop + "/")
     page.get_by_role("link", name="Search by photo").click()

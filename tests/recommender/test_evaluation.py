@@ -34,21 +34,6 @@ def test_leave_one_out_never_returns_the_query():
     assert neighbours[:, 0].tolist()[:4] == [1, 0, 3, 2]
 
 
-@pytest.fixture
-def shared_slice(db, fashion_dataset, lite2):
-    """300 products spread over the whole shared catalogue, embedded and indexed."""
-    from catalog.importing import import_products, kaggle_rows
-    from recommender.embedding import embed_catalogue
-    from recommender.retrieval import build_index
-
-    lines = set(range(2, 8151, 27))
-    report = import_products(row for row in kaggle_rows(fashion_dataset) if row.line in lines)
-    assert report.created >= 300
-    embed_catalogue(lite2)
-    build_index(lite2)
-    return report.created
-
-
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_evaluate_recommender_on_the_shared_catalogue(shared_slice, tmp_path):

@@ -81,3 +81,30 @@ def test_trim_mode_crops_the_white_margin():
     photo.paste((0, 0, 0), (80, 80, 120, 120))
     pixels = image_pixels(photo, 40, "trim")
     assert pixels.mean() < 30, "the product fills the frame"
+
+
+def test_colour_filter_means_the_colour_family(embedded_catalogue):
+    product = Product.objects.get(sku="10008")  # a Navy Blue T-shirt
+    vector = stored_vector(product.primary_image.pk, LITE2)
+    family = set(Product.objects.of_colour("blue").exclude(pk=product.pk))
+
+    neighbours = nearest_products(vector, LITE2, k=5, exclude_product_id=product.pk, colour="blue")
+    everything = nearest_products(vector, LITE2, k=20, exclude_product_id=product.pk, colour="blue")
+
+    assert len(neighbours) == 5 and {n.product for n in neighbours} <= family
+    assert {n.product for n in everything} == family, "every other product of the family, and no more"
+    assert {n.product.base_colour for n in everything} == {"Blue", "Navy Blue", "Turquoise Blue"}
+    combined = nearest_products(vector, LITE2, k=5, exclude_product_id=product.pk, colour="blue", gender="Women")
+    assert combined and all(n.product.gender == "Women" and n.product in family for n in combined)
+
+
+def test_colour_filter_outside_every_family_ignores_letter_case(embedded_catalogue):
+    product, other = Product.objects.exclude(sku="10007").order_by("pk")[:2]
+    Product.objects.filter(pk=product.pk).update(base_colour="Fuchsia")
+    Product.objects.filter(pk=other.pk).update(base_colour="FUCHSIA")
+    vector = stored_vector(Product.objects.get(sku="10007").primary_image.pk, LITE2)
+
+    found = nearest_products(vector, LITE2, k=5, colour="fuchsia")
+
+    assert {n.product.pk for n in found} == {product.pk, other.pk}
+    assert nearest_products(vector, LITE2, k=5, colour="turquoise") == []

@@ -2,6 +2,7 @@
 
 import io
 from collections import Counter
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from PIL import Image
 
+from catalog.colours import colour_family, family_label
 from catalog.models import Product, ProductImage
 from recommender.encoding.backbones import get_backbone
 from recommender.retrieval import build_index
@@ -82,6 +84,37 @@ def test_same_gender_and_same_type_options(client, indexed_catalogue):
         for n in both.context["similar"].neighbours
     )
     assert b'aria-current="true">Only ' in both.content
+
+
+def test_same_colour_chip_narrows_to_the_colour_family(client, indexed_catalogue):
+    product = Product.objects.get(sku="10008")  # Navy Blue: the family is blue
+    page = client.get(product.get_absolute_url())
+    unfiltered = page.context["similar"].neighbours
+    assert not all(colour_family(n.product.base_colour) == "blue" for n in unfiltered)
+    assert b'<a class="chip" href="?same_colour=1">Only Blue</a>' in page.content
+
+    narrowed = client.get(product.get_absolute_url(), {"same_colour": "1"})  # after the unfiltered page: cached apart
+
+    neighbours = narrowed.context["similar"].neighbours
+    assert len(neighbours) == 5 and all(colour_family(n.product.base_colour) == "blue" for n in neighbours)
+    assert b'<a class="chip is-on" href="?" aria-current="true">Only Blue</a>' in narrowed.content
+    with_type = client.get(product.get_absolute_url(), {"same_colour": "1", "same_type": "1"})
+    assert all(
+        colour_family(n.product.base_colour) == "blue" and n.product.article_type == "Tshirts"
+        for n in with_type.context["similar"].neighbours
+    )
+
+
+@pytest.mark.parametrize("colour", ["", "NA"])
+def test_no_colour_chip_for_a_product_of_unknown_colour(client, indexed_catalogue, colour):
+    product = Product.objects.get(sku="10008")
+    Product.objects.filter(pk=product.pk).update(base_colour=colour)
+
+    response = client.get(product.get_absolute_url(), {"same_colour": "1"})
+
+    assert b"same_colour" not in response.content and b"Only Men" in response.content
+    assert b'<a class="chip is-on" href="?" aria-current="true">All</a>' in response.content
+    assert len(response.context["similar"].neighbours) == 5
 
 
 def test_filters_widen_the_search_until_five_products_match(client, indexed_catalogue, monkeypatch):
@@ -160,6 +193,52 @@ def test_search_filters(client, indexed_catalogue, fashion_dataset):
 
 
 @pytest.mark.slow  # runs the model
+@pytest.mark.slow  # runs the model
+def test_search_by_colour(client, indexed_catalogue, fashion_dataset):
+    page = client.post(SEARCH, {"image": photo_upload(), "colour": "blue"})
+    neighbours = page.context["result"].neighbours
+    assert len(neighbours) == 5 and all(colour_family(n.product.base_colour) == "blue" for n in neighbours)
+    assert b'<option value="blue" selected>Blue</option>' in page.content
+
+    api = client.post(API_SEARCH, {"image": photo_upload(), "colour": "blue", "k": "12"})
+    results = api.json()["results"]
+    assert {r["base_colour"] for r in results} == {"Blue", "Navy Blue", "Turquoise Blue"}
+    assert {r["sku"] for r in results} == set(Product.objects.of_colour("blue").values_list("sku", flat=True))
+
+
+def test_search_form_offers_the_catalogues_colour_families(client, catalogue):
+    response = client.get(SEARCH)
+
+    choices = response.context["form"].fields["colour"].choices
+    assert choices[0] == ("", "Any colour")
+    assert choices[1:] == [(family, family_label(family)) for family in Product.objects.colour_families()]
+    assert {"blue", "black", "white"} <= dict(choices).keys() and "navy blue" not in dict(choices)
+    html = response.content.decode()
+    assert '<select name="colour" id="id_colour">' in html and '<option value="blue">Blue</option>' in html
+
+
+def test_an_unknown_colour_is_a_400(client, indexed_catalogue):
+    message = "There is no colour 'metallic' in the catalogue."  # a family, but no product of it here
+
+    page = client.post(SEARCH, {"image": photo_upload(), "colour": "metallic"})
+    assert page.status_code == 400 and message in unescape(page.content.decode())
+
+    api = client.post(API_SEARCH, {"image": photo_upload(), "colour": "metallic"})
+    assert api.status_code == 400
+    error = api.json()["error"]
+    assert (error["code"], error["message"]) == ("invalid_choice", message) and "colour" in error["details"]
+
+    product = Product.objects.get(sku="10008")
+    similar = client.get(reverse("api:similar", args=[product.pk]), {"colour": "Blue"})  # family names only
+    assert similar.status_code == 400
+    assert similar.json()["error"] == {
+        "status": 400,
+        "code": "invalid_choice",
+        "message": "There is no colour 'Blue' in the catalogue.",
+        "details": {"colour": [{"message": "There is no colour 'Blue' in the catalogue.", "code": "invalid_choice"}]},
+    }
+
+
 def test_kept_uploads_go_to_a_private_folder(
     client, indexed_catalogue, fashion_dataset, settings, tmp_path, media_root
 ):
@@ -255,6 +334,19 @@ def test_api_similar(client, indexed_catalogue):
     assert [r["score"] for r in body["results"]] == sorted((r["score"] for r in body["results"]), reverse=True)
 
 
+def test_api_similar_by_colour(client, indexed_catalogue):
+    product = Product.objects.get(sku="10008")
+    url = reverse("api:similar", args=[product.pk])
+
+    results = client.get(url, {"colour": "blue", "k": "20"}).json()["results"]
+
+    family = Product.objects.of_colour("blue").exclude(pk=product.pk)
+    assert {r["id"] for r in results} == set(family.values_list("pk", flat=True))
+    assert {r["base_colour"] for r in results} == {"Blue", "Navy Blue", "Turquoise Blue"}
+    women = client.get(url, {"colour": "blue", "gender": "Women"}).json()["results"]
+    assert women and all(r["gender"] == "Women" and colour_family(r["base_colour"]) == "blue" for r in women)
+
+
 def test_api_similar_errors_and_pending(client, catalogue):
     missing = client.get(reverse("api:similar", args=[987654]))
     assert missing.status_code == 404 and missing.json()["error"] == {
@@ -288,10 +380,11 @@ def test_api_publishes_its_openapi_schema_and_docs(client):
     paths = schema["paths"]
     assert set(paths) >= {"/api/products/{pk}/similar", "/api/search", "/api/recommender/status"}
     similar = paths["/api/products/{pk}/similar"]["get"]
-    assert {p["name"] for p in similar["parameters"]} >= {"pk", "k", "gender", "article_type"}
+    assert {p["name"] for p in similar["parameters"]} >= {"pk", "k", "gender", "article_type", "colour"}
     assert {"200", "400", "404"} <= set(similar["responses"])
     body = paths["/api/search"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == ["image"] and body["properties"]["image"]["format"] == "binary"
+    assert "colour" in body["properties"]
     docs = client.get("/api/docs")
     assert docs.status_code == 200 and b"cdn." not in docs.content, "the docs' JavaScript is served locally"
 

@@ -46,12 +46,29 @@ class Command(BaseCommand):
             help="Search by photo on this many shopper-like photos of test-split products, made with a fixed "
             "seed (0: skip).",
         )
+        parser.add_argument(
+            "--trained",
+            metavar="VERSION",
+            help="Also a model trained on the catalogue (a version, or 'active') next to the frozen backbone.",
+        )
         parser.add_argument("--json", type=Path, help="Write the full report here.")
 
     def handle(
-        self, backbone, k, sample, limit, baselines, control, int8, shopper_photos, json: Path | None, **options
+        self,
+        backbone,
+        k,
+        sample,
+        limit,
+        baselines,
+        control,
+        int8,
+        shopper_photos,
+        trained,
+        json: Path | None,
+        **options,
     ):
         backbone = get_backbone(backbone)
+        self.verbosity = options["verbosity"]
         try:
             report = evaluate_catalogue(
                 backbone,
@@ -73,9 +90,28 @@ class Command(BaseCommand):
             comparison = compare_precisions(BACKBONES[backbone.model_name], model, k)
             print_comparison(self.stdout.write, comparison)
             report["int8"] = asdict(comparison)
+        if trained:
+            report["trained"] = self.evaluate_trained(trained, backbone)
+            print_trained_evaluation(self.stdout.write, report["trained"])
         if json:
             json.write_text(dumps(report, indent=2, default=str))
             self.stdout.write(f"Wrote {json}")
+
+    def evaluate_trained(self, version: str, backbone) -> dict:
+        from recommender.encoding.projection import ModelArtifactError, TrainedModel, models_directory
+        from recommender.models import EmbeddingModel
+        from recommender.training import evaluate_trained
+
+        if version == "active":
+            active = EmbeddingModel.objects.active()
+            if active is None:
+                raise CommandError("No trained model is active.")
+            version = active.version
+        try:
+            model = TrainedModel.load(models_directory() / version)
+        except ModelArtifactError as exc:
+            raise CommandError(str(exc)) from exc
+        return evaluate_trained(model, get_backbone(model.base), progress=self.verbosity > 0)
 
     def print_report(self, report: dict) -> None:
         k = report["k"]
@@ -127,3 +163,25 @@ class Command(BaseCommand):
                 recall_k = f"{scores[f'recall@{k}']:.3f}" if f"recall@{k}" in scores else "-"
                 write(f"{kind:<18}{query:<16}{recall_1:>9}{recall_k:>10}{scores[f'type_precision@{k}']:>10.3f}")
         write("(catalogue photo: the product's own photo, the product itself left out of its results)")
+
+
+def print_trained_evaluation(write, evaluation: dict) -> None:
+    k = evaluation["k"]
+    write(
+        f"Test split: {evaluation['test_products']} products among the whole catalogue (leave-one-out), "
+        f"{evaluation['shopper_photos']} shopper-like photos of them."
+    )
+    header = f"{'':<10}{'label':<15}{f'P@{k}':>8}{f'macro P@{k}':>12}"
+    write(header)
+    write("-" * len(header))
+    for space in ("frozen", "trained"):
+        for label, scores in evaluation[space].items():
+            if label == "shopper photos":
+                continue
+            write(f"{space:<10}{label:<15}{scores['micro']:>8.3f}{scores['macro']:>12.3f}")
+    for space in ("frozen", "trained"):
+        photos = evaluation[space]["shopper photos"]
+        write(
+            f"{space:<10}shopper photos: recall@1 {photos['recall@1']:.3f}, recall@{k} {photos[f'recall@{k}']:.3f}, "
+            f"type P@{k} {photos[f'type_precision@{k}']:.3f}"
+        )

@@ -1,0 +1,166 @@
+"""Trained embeddings: a projection head, trained on the store's own catalogue, on top of a frozen
+backbone's features.
+
+The head's input is what the frozen backbone already gives (its unit vector, the one stored for
+every catalogue photo) and a colour histogram of the product's pixels (ImageNet features barely see
+colour); its output is a unit vector of 256: half learned (a small MLP trained on the catalogue's
+labels), half kept (the backbone vector's 128 principal components, which keep "this very item").
+It runs in numpy, so a trained model costs a photo search next to nothing beyond the backbone.
+
+A trained model is a directory under TRAINED_MODEL_DIR/<version>/: `head.npz` (the
+weights) and `model.json` (the manifest: the backbone it needs, the label maps, the metrics of its
+evaluation, a fingerprint of the data it saw, and the head file's SHA-256, checked on load).
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+
+HEAD_FILE = "head.npz"
+MANIFEST_FILE = "model.json"
+HISTOGRAM_BINS = 4  # per channel: 64 colour cells
+WHITE_LEVEL = 235  # lighter than this in every channel is background (as catalogue photos are shot)
+
+
+class ModelArtifactError(Exception):
+    """A trained model's files are missing, damaged, or not what its manifest says."""
+
+
+def colour_histograms(pixels: np.ndarray) -> np.ndarray:
+    """(n, size, size, 3) uint8 -> (n, 64) float32: the share of the product's pixels (those not
+    white) in each of 4 x 4 x 4 colour cells, square-rooted so that small patches still count."""
+    rows = []
+    for image in pixels:
+        flat = image.reshape(-1, 3)
+        product = flat[flat.min(axis=1) < WHITE_LEVEL]
+        if len(product) < 16:  # nothing but white: the photo's own colour is white
+            product = flat
+        cells = (product // (256 // HISTOGRAM_BINS)).astype(np.int64)
+        index = (cells[:, 0] * HISTOGRAM_BINS + cells[:, 1]) * HISTOGRAM_BINS + cells[:, 2]
+        counts = np.bincount(index, minlength=HISTOGRAM_BINS**3).astype(np.float32)
+        rows.append(np.sqrt(counts / counts.sum()))
+    return np.stack(rows) if rows else np.zeros((0, HISTOGRAM_BINS**3), np.float32)
+
+
+def head_inputs(backbone_vectors: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """What the head takes: the backbone's unit vectors beside the photos' colour histograms."""
+    return np.hstack([np.asarray(backbone_vectors, np.float32), colour_histograms(pixels)])
+
+
+@dataclass(frozen=True)
+class BackboneProjection:
+    """A fixed linear map of the backbone's unit vector (its principal components over the training
+    photos): the part of a trained vector that keeps the frozen backbone's sense of "this very item"."""
+
+    mean: np.ndarray  # (backbone dimension,)
+    components: np.ndarray  # (backbone dimension, dimension)
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        return _unit_rows((np.asarray(vectors, np.float32) - self.mean) @ self.components)
+
+
+@dataclass(frozen=True)
+class ProjectionHead:
+    """Dense layers with ReLU between them (the learned half) beside a BackboneProjection of the
+    backbone's vector (the kept half), the two halves of unit length each; the output is L2-normalised."""
+
+    layers: list[tuple[np.ndarray, np.ndarray]]  # (weights (in, out), bias (out,)) per layer
+    kept: BackboneProjection | None = None
+
+    @property
+    def dimension(self) -> int:
+        return self.layers[-1][0].shape[1] + (self.kept.components.shape[1] if self.kept else 0)
+
+    def apply(self, inputs: np.ndarray) -> np.ndarray:
+        x = np.asarray(inputs, np.float32)
+        for index, (weights, bias) in enumerate(self.layers):
+            x = x @ weights + bias
+            if index < len(self.layers) - 1:
+                x = np.maximum(x, 0)
+        if self.kept is not None:
+            backbone_vectors = inputs[:, : self.kept.mean.shape[0]]
+            x = np.hstack([self.kept.apply(backbone_vectors), _unit_rows(x)])
+        return _unit_rows(x)
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained model's directory, checked: its manifest and its head."""
+
+    directory: Path
+    manifest: dict = field(repr=False)
+    head: ProjectionHead = field(repr=False)
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def base(self) -> str:
+        """The backbone whose vectors the head takes."""
+        return self.manifest["base"]
+
+    @classmethod
+    def load(cls, directory: Path) -> "TrainedModel":
+        """Raises ModelArtifactError saying what is wrong."""
+        try:
+            manifest = json.loads((directory / MANIFEST_FILE).read_text())
+            data = (directory / HEAD_FILE).read_bytes()
+        except (OSError, ValueError) as exc:
+            raise ModelArtifactError(f"Cannot read the trained model in {directory}: {exc}") from exc
+        if hashlib.sha256(data).hexdigest() != manifest.get("head_sha256"):
+            raise ModelArtifactError(f"{directory / HEAD_FILE} is damaged: its checksum is not the manifest's.")
+        try:
+            with np.load(directory / HEAD_FILE) as arrays:
+                count = sum(1 for name in arrays.files if name.startswith("w"))
+                layers = [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(count)]
+                kept = (
+                    BackboneProjection(arrays["kept_mean"], arrays["kept_components"])
+                    if "kept_mean" in arrays
+                    else None
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelArtifactError(f"Cannot read {directory / HEAD_FILE}: {exc}") from exc
+        return cls(directory, manifest, ProjectionHead(layers, kept))
+
+
+def models_directory() -> Path:
+    return Path(settings.TRAINED_MODEL_DIR)
+
+
+def save_model(version: str, head: ProjectionHead, manifest: dict) -> TrainedModel:
+    """Write a trained model's directory (aside, then renamed into place) and return it, loaded."""
+    target = models_directory() / version
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
+    arrays = {}
+    for index, (weights, bias) in enumerate(head.layers):
+        arrays[f"w{index}"], arrays[f"b{index}"] = weights.astype(np.float32), bias.astype(np.float32)
+    if head.kept is not None:
+        arrays["kept_mean"], arrays["kept_components"] = head.kept.mean, head.kept.components
+    np.savez(staging / HEAD_FILE, **arrays)
+    digest = hashlib.sha256((staging / HEAD_FILE).read_bytes()).hexdigest()
+    manifest = {**manifest, "version": version, "dimension": head.dimension, "head_sha256": digest}
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=str))
+    os.replace(staging, target)
+    return TrainedModel.load(target)
+
+
+def write_manifest(model: TrainedModel, **changes) -> TrainedModel:
+    """Add to a saved model's manifest (its evaluation, say), atomically."""
+    manifest = {**model.manifest, **changes}
+    handle, temporary = tempfile.mkstemp(dir=model.directory, suffix=".json")
+    with os.fdopen(handle, "w") as file:
+        file.write(json.dumps(manifest, indent=2, default=str))
+    os.replace(temporary, model.directory / MANIFEST_FILE)
+    return TrainedModel(model.directory, manifest, model.head)

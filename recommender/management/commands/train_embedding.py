@@ -1,0 +1,51 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from recommender.encoding.backbones import BACKBONES, WeightsNotFound, get_backbone
+from recommender.training import train_embedding
+
+from .evaluate_recommender import print_trained_evaluation
+
+
+class Command(BaseCommand):
+    help = (
+        "Train an embedding on the catalogue's own labels: a 256-d head on the frozen backbone's stored "
+        "vectors and colour histograms, products of the test split left out. The model is saved under "
+        "TRAINED_MODEL_DIR/<version>/ with its evaluation and listed in admin, ready to activate "
+        "(--activate: at once)."
+    )
+
+    def add_arguments(self, parser):
+        bases = sorted(name for name, backbone in BACKBONES.items())
+        parser.add_argument("--backbone", choices=bases, help="Default: the EMBEDDING_BACKBONE setting.")
+        parser.add_argument("--epochs", type=int, default=40)
+        parser.add_argument(
+            "--shopper-views", type=int, default=2000, help="Products trained with a shopper-like photo."
+        )
+        parser.add_argument(
+            "--test-photos", type=int, default=300, help="Shopper-like photos of test products to evaluate on."
+        )
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--activate", action="store_true", help="Activate the model once trained.")
+
+    def handle(self, backbone, epochs, shopper_views, test_photos, seed, activate, **options):
+        from recommender.trained_models import activate_model
+
+        base = get_backbone(backbone)
+        try:
+            report = train_embedding(
+                base,
+                epochs=epochs,
+                shopper_views=shopper_views,
+                test_photos=test_photos,
+                seed=seed,
+                progress=options["verbosity"] > 0,
+            )
+        except (ValueError, WeightsNotFound) as exc:
+            raise CommandError(str(exc)) from exc
+        print_trained_evaluation(self.stdout.write, report.evaluation)
+        seconds = ", ".join(f"{stage} {value:.0f} s" for stage, value in report.seconds.items())
+        self.stdout.write(f"Trained on {report.trained_on} of {report.products} products ({seconds}).")
+        self.stdout.write(self.style.SUCCESS(f"Saved model {report.model.version} in {report.model.directory}."))
+        if activate:
+            activate_model(report.model.version, progress=options["verbosity"] > 0)
+            self.stdout.write(self.style.SUCCESS(f"Model {report.model.version} is active."))

@@ -1,0 +1,152 @@
+"""Activating a trained model, and deciding when to train the next one.
+
+Activation embeds the whole catalogue in the model's own space (from the vectors and colour
+histograms already kept for the frozen backbone: no backbone pass, except for photos that have no
+frozen vector yet), builds that space's index, and only then makes the model active, in one
+transaction. Until that moment shoppers are answered by the previous model; vectors of two models
+never meet in one index.
+"""
+
+import logging
+
+import numpy as np
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from tqdm import tqdm
+
+from catalog.models import Product
+
+from .active import load_trained_backbone
+from .embedding import embed_catalogue
+from .encoding.backbones import Backbone, get_backbone
+from .encoding.preprocessing import image_pixels
+from .encoding.projection import ModelArtifactError, colour_histograms
+from .models import EmbeddingModel, ImageEmbedding
+from .retrieval import build_index
+from .training import FeatureCache, _open_photo
+
+logger = logging.getLogger(__name__)
+BATCH = 1000
+RECALL_TOLERANCE = 0.01
+
+
+class ActivationError(Exception):
+    pass
+
+
+def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
+    """Store the trained model's vector of every photo whose frozen vector is up to date (the head
+    applied to it and the photo's colour histogram); returns how many were written."""
+    base = get_backbone(backbone.trained.base)
+    cache, head = FeatureCache(base), backbone.trained.head
+    rows = (
+        ImageEmbedding.objects.for_backbone(base)
+        .done()
+        .filter(image_checksum=F("image__checksum"))
+        .order_by("image_id")
+        .values_list("image_id", "image_checksum", "image__image", "vector")
+    )
+    written = 0
+    with tqdm(total=rows.count(), desc=f"Embedding the catalogue for {backbone.name}", disable=not progress) as bar:
+        batch = []
+        for row in rows.iterator(chunk_size=BATCH):
+            batch.append(row)
+            if len(batch) == BATCH:
+                written += _project(batch, backbone, base, cache, head)
+                bar.update(len(batch))
+                batch = []
+        if batch:
+            written += _project(batch, backbone, base, cache, head)
+            bar.update(len(batch))
+    return written
+
+
+def _project(batch, backbone, base, cache, head) -> int:
+    histograms = []
+    for _, checksum, name, _ in batch:
+        histogram = cache.get(checksum, "histogram")
+        if histogram is None:
+            histogram = colour_histograms(image_pixels(_open_photo(name, base.input_size), base.input_size)[None])[0]
+            cache.put(checksum, "histogram", histogram)
+        histograms.append(histogram)
+    vectors = head.apply(np.hstack([np.vstack([row[3] for row in batch]), np.stack(histograms)]))
+    now = timezone.now()
+    ImageEmbedding.objects.bulk_create(
+        [
+            ImageEmbedding(
+                image_id=image_id,
+                backbone=backbone.name,
+                image_checksum=checksum,
+                status=ImageEmbedding.Status.DONE,
+                vector=vector,
+                dimension=backbone.dimension,
+                computed_at=now,
+            )
+            for (image_id, checksum, _, _), vector in zip(batch, vectors, strict=True)
+        ],
+        update_conflicts=True,
+        unique_fields=["image", "backbone"],
+        update_fields=["image_checksum", "status", "vector", "dimension", "error", "computed_at"],
+    )
+    return len(batch)
+
+
+def activate_model(version: str, progress: bool = False) -> EmbeddingModel:
+    """Embed the catalogue for model `version`, index it, then make it the active model."""
+    record = EmbeddingModel.objects.get(version=version)
+    if record.status == EmbeddingModel.Status.ACTIVE:
+        return record
+    if record.status == EmbeddingModel.Status.TRAINING:
+        raise ActivationError(f"Model {version} is still training.")
+    record.status, record.error = EmbeddingModel.Status.ACTIVATING, ""
+    record.save(update_fields=["status", "error"])
+    try:
+        backbone = load_trained_backbone(version)
+        project_catalogue(backbone, progress)
+        embed_catalogue(backbone)  # photos that had no frozen vector yet
+        build_index(backbone, force=True)
+    except ModelArtifactError as exc:
+        record.status, record.error = EmbeddingModel.Status.FAILED, str(exc)
+        record.save(update_fields=["status", "error"])
+        raise ActivationError(str(exc)) from exc
+    except BaseException as exc:
+        record.status, record.error = EmbeddingModel.Status.READY, f"Activation failed: {type(exc).__name__}: {exc}"
+        record.save(update_fields=["status", "error"])
+        raise
+    with transaction.atomic():
+        EmbeddingModel.objects.filter(status=EmbeddingModel.Status.ACTIVE).update(status=EmbeddingModel.Status.RETIRED)
+        record.status, record.activated_at = EmbeddingModel.Status.ACTIVE, timezone.now()
+        record.save(update_fields=["status", "activated_at"])
+    logger.info("Trained model %s is active", version)
+    return record
+
+
+def training_due() -> bool:
+    """Whether the catalogue calls for a new model: none trained yet while at least
+    EMBEDDING_TRAIN_MIN_PRODUCTS are embedded, or EMBEDDING_RETRAIN_GROWTH more products than the
+    active model saw. Never while a model is training or activating."""
+    busy = [EmbeddingModel.Status.TRAINING, EmbeddingModel.Status.ACTIVATING]
+    if EmbeddingModel.objects.filter(status__in=busy).exists():
+        return False
+    base = get_backbone()
+    embedded = ImageEmbedding.objects.for_backbone(base).done().values("image__product").distinct().count()
+    if embedded < settings.EMBEDDING_TRAIN_MIN_PRODUCTS or embedded < Product.objects.count():
+        return False  # a first pass is still running: train on the whole catalogue, not half of it
+    newest = EmbeddingModel.objects.exclude(status=EmbeddingModel.Status.FAILED).first()
+    if newest is None:
+        return True
+    return embedded >= newest.products * (1 + settings.EMBEDDING_RETRAIN_GROWTH)
+
+
+def better_than_active(record: EmbeddingModel) -> bool:
+    """Whether a newly trained model may replace the active one on its own: on the test split, its
+    article type and colour P@5 are no worse, and it finds the exact item of shopper photos as often
+    (within RECALL_TOLERANCE), than the active model (the frozen backbone when none is active)."""
+    active = EmbeddingModel.objects.active()
+    reference = active.metrics["trained"] if active else record.metrics["frozen"]
+    new = record.metrics["trained"]
+    labels_hold = all(new[label]["micro"] >= reference[label]["micro"] for label in ("article type", "colour"))
+    recall = "recall@5"
+    return labels_hold and new["shopper photos"][recall] >= reference["shopper photos"][recall] - RECALL_TOLERANCE

@@ -1,0 +1,413 @@
+"""Training an embedding on the catalogue's own labels (`manage.py train_embedding` and its task).
+
+The backbone stays frozen: the head learns from the vectors already stored for every catalogue photo
+and from colour histograms of the photos, so retraining never runs the backbone over the catalogue
+again. It learns several labels at once (article type, sub category, base colour and its family,
+gender, usage; classes with fewer than MIN_CLASS_SIZE training products are ignored, the others
+weighted by 1/sqrt(size) so that small classes count) and an instance term that pulls a shopper-like
+photo of a product (shopper_photos.py, cropped by the garment locator as a search would) towards
+that product's catalogue photo. Beside the learned half, the vector keeps the backbone vector's
+principal components (see projection.py), so it still means "looks like this very item". The
+backbone's vectors of the shopper-like photos are kept in a feature cache (EMBEDDING_FEATURE_DIR),
+as are the photos' colour histograms.
+
+Products of the fixed test split are never trained on; the model's evaluation (frozen and trained
+side by side) is on them, and is stored with the model.
+"""
+
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.utils import timezone
+from PIL import Image
+from tqdm import tqdm
+
+from catalog.colours import colour_family
+
+from .encoding.backbones import Backbone
+from .encoding.embedder import get_embedder
+from .encoding.garment import get_locator
+from .encoding.preprocessing import image_pixels, read_image
+from .encoding.projection import (
+    HISTOGRAM_BINS,
+    BackboneProjection,
+    ProjectionHead,
+    TrainedModel,
+    colour_histograms,
+    head_inputs,
+    save_model,
+)
+from .evaluation.metrics import CatalogueVectors, label_precision, photo_search_scores, query_neighbours
+from .evaluation.shopper_photos import shopper_photo
+from .evaluation.split import in_test_split
+from .models import EmbeddingModel, ImageEmbedding
+
+logger = logging.getLogger(__name__)
+
+LEARNED_DIMENSION = 128  # and as many kept principal components of the backbone vector: 256 in all
+HIDDEN = 512
+MIN_CLASS_SIZE = 5
+LABELS = ("article_type", "sub_category", "base_colour", "colour_family", "gender", "usage")
+REPORTED = {"article type": "article_type", "sub category": "sub_category", "colour": "base_colour"}
+REPORTED_FAMILY = "colour family"
+AUGMENTATION = "shopper1"  # names the recipe of the cached shopper-like views; change it with the recipe
+CLUTTER_PHOTOS = 60
+HISTOGRAM_CELLS = HISTOGRAM_BINS**3
+INSTANCE_WEIGHT = 1.0
+
+
+@dataclass
+class CatalogueData:
+    """Each product's first embedded photo: its backbone vector, colour histogram and labels."""
+
+    product_ids: np.ndarray
+    checksums: list[str]
+    names: list[str]
+    vectors: np.ndarray
+    histograms: np.ndarray
+    labels: dict[str, np.ndarray]
+    test: np.ndarray  # in the fixed test split
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return np.hstack([self.vectors, self.histograms])
+
+
+class FeatureCache:
+    """Arrays computed from a photo (by its checksum) with a frozen backbone, kept on disk."""
+
+    def __init__(self, base: Backbone):
+        self.directory = Path(settings.EMBEDDING_FEATURE_DIR) / base.name
+
+    def path(self, checksum: str, kind: str) -> Path:
+        return self.directory / checksum[:2] / f"{checksum}-{kind}.npy"
+
+    def get(self, checksum: str, kind: str) -> np.ndarray | None:
+        try:
+            return np.load(self.path(checksum, kind))
+        except (OSError, ValueError):
+            return None
+
+    def put(self, checksum: str, kind: str, array: np.ndarray) -> None:
+        path = self.path(checksum, kind)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".partial.npy")
+        np.save(temporary, array)
+        temporary.replace(path)
+
+
+def _open_photo(name: str, size: int = 512) -> Image.Image:
+    with default_storage.open(name) as file:
+        return read_image(file, size)
+
+
+def catalogue_data(base: Backbone, cache: FeatureCache, progress: bool = False) -> CatalogueData:
+    rows = (
+        ImageEmbedding.objects.for_backbone(base)
+        .done()
+        .order_by("image__product_id", "image__position", "image_id")
+        .values_list(
+            "image__product_id",
+            "image_checksum",
+            "image__image",
+            "vector",
+            "image__product__sku",
+            "image__product__article_type",
+            "image__product__sub_category",
+            "image__product__base_colour",
+            "image__product__gender",
+            "image__product__usage",
+        )
+    )
+    seen, records = set(), []
+    for row in rows.iterator(chunk_size=2000):
+        if row[0] not in seen:
+            seen.add(row[0])
+            records.append(row)
+    if len(records) < 20:
+        raise ValueError(f"Only {len(records)} products have a {base.name} embedding; embed the catalogue first.")
+    histograms = []
+    for _, checksum, name, *_ in tqdm(records, desc="Colour histograms", unit="photo", disable=not progress):
+        histogram = cache.get(checksum, "histogram")
+        if histogram is None:
+            histogram = colour_histograms(image_pixels(_open_photo(name, base.input_size), base.input_size)[None])[0]
+            cache.put(checksum, "histogram", histogram)
+        histograms.append(histogram)
+    columns = list(zip(*records, strict=True))
+    labels = {
+        name: np.array([value if value not in ("", "NA") else "" for value in column])
+        for name, column in zip(("article_type", "sub_category", "base_colour", "gender", "usage"), columns[5:])
+    }
+    labels["colour_family"] = np.array([colour_family(colour) for colour in labels["base_colour"]])
+    return CatalogueData(
+        product_ids=np.array(columns[0]),
+        checksums=list(columns[1]),
+        names=list(columns[2]),
+        vectors=np.vstack(columns[3]).astype(np.float32),
+        histograms=np.stack(histograms).astype(np.float32),
+        labels=labels,
+        test=np.array([in_test_split(sku) for sku in columns[4]]),
+    )
+
+
+def shopper_view_inputs(
+    data: CatalogueData, rows: list[int], base: Backbone, cache: FeatureCache, seed: int, progress: bool = False
+) -> np.ndarray:
+    """Head inputs of one shopper-like photo of each of `rows`' products, made and cropped the way a
+    photo search crops it; computed once per photo and recipe, then read from the cache."""
+    kind = f"{AUGMENTATION}-{seed}"
+    results: dict[int, np.ndarray] = {}
+    missing = []
+    for row in rows:
+        cached = cache.get(data.checksums[row], kind)
+        if cached is None:
+            missing.append(row)
+        else:
+            results[row] = cached
+    if missing:
+        rng = random.Random(seed)
+        clutter_rows = rng.sample(range(len(data.names)), min(CLUTTER_PHOTOS, len(data.names)))
+        clutter = [_open_photo(data.names[row]) for row in clutter_rows]
+        embedder, locator = get_embedder(base), get_locator()
+        for start in tqdm(range(0, len(missing), 32), desc="Shopper-like views", disable=not progress):
+            chunk = missing[start : start + 32]
+            pixels = []
+            for row in chunk:
+                photo_seed = int.from_bytes(hashlib.sha256(f"{kind}:{data.checksums[row]}".encode()).digest()[:4])
+                shot = shopper_photo(
+                    _open_photo(data.names[row]), photo_seed, random.Random(photo_seed).sample(clutter, 3)
+                )
+                regions = locator.locate(shot.image)
+                photo = regions[0].crop(shot.image) if regions else shot.image
+                pixels.append(image_pixels(photo, base.input_size))
+            pixels = np.stack(pixels)
+            inputs = head_inputs(embedder.embed_pixels(pixels), pixels)
+            for row, row_inputs in zip(chunk, inputs, strict=True):
+                cache.put(data.checksums[row], kind, row_inputs)
+                results[row] = row_inputs
+    return np.stack([results[row] for row in rows])
+
+
+@dataclass
+class TrainingReport:
+    model: TrainedModel
+    products: int
+    trained_on: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+
+
+def _label_targets(data: CatalogueData, train: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Per label: class index per product (-1: unknown or too rare), per-class weight, class names."""
+    targets = {}
+    for name in LABELS:
+        values = data.labels[name]
+        classes, counts = np.unique(values[train & (values != "")], return_counts=True)
+        kept = [label for label, count in zip(classes, counts, strict=True) if count >= MIN_CLASS_SIZE]
+        index = {label: i for i, label in enumerate(kept)}
+        ids = np.array([index.get(value, -1) for value in values])
+        sizes = np.array([np.sum(ids[train] == i) for i in range(len(kept))], dtype=np.float32)
+        weights = 1 / np.sqrt(np.maximum(sizes, 1))
+        weights /= (weights[ids[train][ids[train] >= 0]]).mean()
+        targets[name] = (ids, weights.astype(np.float32), kept)
+    return targets
+
+
+def fit_head(
+    inputs: np.ndarray,
+    targets: dict,
+    train_rows: np.ndarray,
+    views: np.ndarray,
+    view_rows: np.ndarray,
+    *,
+    epochs: int,
+    seed: int,
+    instance_weight: float = INSTANCE_WEIGHT,
+    progress: bool = False,
+) -> ProjectionHead:
+    """Multi-label classification on the head's unit vectors (cosine classifiers) for catalogue photos
+    and their shopper-like views, plus an InfoNCE term between each view and its catalogue photo."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    hidden = keras.layers.Dense(HIDDEN, activation="relu")
+    dropout = keras.layers.Dropout(0.2)
+    project = keras.layers.Dense(LEARNED_DIMENSION)
+    classifiers = {name: keras.layers.Dense(len(classes), use_bias=False) for name, (_, _, classes) in targets.items()}
+    optimizer = keras.optimizers.Adam(1e-3)
+    scale, temperature = 16.0, 0.1
+
+    def embed(x, training):
+        return tf.math.l2_normalize(project(dropout(hidden(x), training=training)), axis=1)
+
+    label_tensors = {name: (tf.constant(ids), tf.constant(weights)) for name, (ids, weights, _) in targets.items()}
+
+    def label_loss(z, rows):
+        total = 0.0
+        for name, (ids, weights) in label_tensors.items():
+            y = tf.gather(ids, rows)
+            known = y >= 0
+            logits = classifiers[name](z * scale)
+            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.maximum(y, 0), logits)
+            w = tf.where(known, tf.gather(weights, tf.maximum(y, 0)), 0.0)
+            total += tf.reduce_sum(losses * w) / tf.maximum(tf.reduce_sum(tf.cast(known, tf.float32)), 1.0)
+        return total
+
+    inputs_tensor = tf.constant(inputs)
+    backbone_dimension = inputs.shape[1] - HISTOGRAM_CELLS
+    views_tensor = tf.constant(views)
+    view_rows_tensor = tf.constant(view_rows)
+
+    @tf.function
+    def step(batch_rows, batch_views):
+        with tf.GradientTape() as tape:
+            z = embed(tf.gather(inputs_tensor, batch_rows), True)
+            loss = label_loss(z, batch_rows)
+            pair_rows = tf.gather(view_rows_tensor, batch_views)
+            z_view = embed(tf.gather(views_tensor, batch_views), True)
+            z_photo = embed(tf.gather(inputs_tensor, pair_rows), True)
+            loss += label_loss(z_view, pair_rows)
+            # Each view must pick its own catalogue photo among the pairs' and the batch's photos.
+            similarity = tf.matmul(z_view, tf.concat([z_photo, z], axis=0), transpose_b=True) / temperature
+            labels = tf.range(tf.shape(z_view)[0])
+            loss += instance_weight * tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, similarity))
+        variables = hidden.trainable_variables + project.trainable_variables
+        variables += [v for layer in classifiers.values() for v in layer.trainable_variables]
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return loss
+
+    rng = np.random.default_rng(seed)
+    batch, view_batch = 256, min(128, len(view_rows))
+    steps = max(1, len(train_rows) // batch)
+    for _ in tqdm(range(epochs), desc="Training", unit="epoch", disable=not progress):
+        order = rng.permutation(train_rows)
+        for index in range(steps):
+            rows = order[index * batch : (index + 1) * batch]
+            step(tf.constant(rows), tf.constant(rng.choice(len(view_rows), view_batch, replace=False)))
+    learned = [(hidden.kernel.numpy(), hidden.bias.numpy()), (project.kernel.numpy(), project.bias.numpy())]
+    return ProjectionHead(learned, principal_components(inputs[train_rows, :backbone_dimension], LEARNED_DIMENSION))
+
+
+def principal_components(vectors: np.ndarray, count: int) -> BackboneProjection:
+    mean = vectors.mean(axis=0)
+    _, _, components = np.linalg.svd(vectors - mean, full_matrices=False)
+    return BackboneProjection(mean.astype(np.float32), components[:count].T.astype(np.float32))
+
+
+def evaluate_side_by_side(
+    data: CatalogueData, head: ProjectionHead, test_views: np.ndarray, test_rows: np.ndarray, k: int = 5
+) -> dict:
+    """The frozen and the trained model on the test split: leave-one-out P@k (micro and macro) of
+    its products among the whole catalogue, and exact-item recall of shopper-like photos of them."""
+    frozen_views = test_views[:, : data.vectors.shape[1]]
+    spaces = {
+        "frozen": (data.vectors, frozen_views / np.linalg.norm(frozen_views, axis=1, keepdims=True)),
+        "trained": (head.apply(data.inputs), head.apply(test_views)),
+    }
+    queries = np.nonzero(data.test)[0]
+    report = {"k": k, "test_products": len(queries), "shopper_photos": len(test_rows)}
+    for space, (vectors, views) in spaces.items():
+        neighbours = query_neighbours(vectors, queries, k)
+        scores = {label: label_precision(neighbours, queries, data.labels[field]) for label, field in REPORTED.items()}
+        scores[REPORTED_FAMILY] = label_precision(neighbours, queries, data.labels["colour_family"])
+        catalogue = CatalogueVectors(
+            data.product_ids, vectors, vectors, np.arange(len(vectors)), {"article type": data.labels["article_type"]}
+        )
+        scores["shopper photos"] = photo_search_scores(views, test_rows, catalogue, k)
+        report[space] = scores
+    return report
+
+
+def training_rows(data: CatalogueData, shopper_views: int, test_photos: int, seed: int):
+    """Products to train on, those of them trained with a shopper-like photo, and the test products
+    whose shopper-like photos are evaluated: the same for the same catalogue and seed."""
+    rng = random.Random(seed)
+    train_rows = np.nonzero(~data.test)[0]
+    view_rows = np.array(sorted(rng.sample(list(train_rows), min(shopper_views, len(train_rows)))), dtype=np.int64)
+    test_rows = np.nonzero(data.test)[0]
+    test_rows = np.array(sorted(rng.sample(list(test_rows), min(test_photos, len(test_rows)))), dtype=np.int64)
+    return train_rows, view_rows, test_rows
+
+
+def evaluate_trained(model: TrainedModel, base: Backbone, progress: bool = False) -> dict:
+    """A saved model next to the frozen backbone, on the test split of the catalogue as it is now
+    (shopper-like photos of the same test products as at training time, from the feature cache)."""
+    cache = FeatureCache(base)
+    data = catalogue_data(base, cache, progress)
+    training = model.manifest["training"]
+    _, _, test_rows = training_rows(data, training["shopper_views"], training["test_photos"], training["seed"])
+    test_views = shopper_view_inputs(data, list(test_rows), base, cache, seed=1, progress=progress)
+    return evaluate_side_by_side(data, model.head, test_views, test_rows)
+
+
+def data_fingerprint(data: CatalogueData, train: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for row in np.nonzero(train)[0]:
+        labels = "|".join(data.labels[name][row] for name in LABELS)
+        digest.update(f"{data.product_ids[row]}:{data.checksums[row]}:{labels}\n".encode())
+    return digest.hexdigest()
+
+
+def train_embedding(
+    base: Backbone,
+    *,
+    epochs: int = 40,
+    shopper_views: int = 2000,
+    test_photos: int = 300,
+    seed: int = 0,
+    progress: bool = False,
+) -> TrainingReport:
+    """Train a head on the catalogue's products outside the test split, evaluate it, save it (and
+    record it, ready to activate)."""
+    timings, started = {}, time.monotonic()
+    version = timezone.now().strftime("%Y%m%d-%H%M%S")
+    record = EmbeddingModel.objects.create(version=version, base=base.name)
+    try:
+        cache = FeatureCache(base)
+        data = catalogue_data(base, cache, progress)
+        train = ~data.test
+        train_rows, view_rows, test_rows = training_rows(data, shopper_views, test_photos, seed)
+        timings["features"] = time.monotonic() - started
+        views = shopper_view_inputs(data, list(view_rows), base, cache, seed=0, progress=progress)
+        test_views = shopper_view_inputs(data, list(test_rows), base, cache, seed=1, progress=progress)
+        timings["shopper views"] = time.monotonic() - started - timings["features"]
+        targets = _label_targets(data, train)
+        head = fit_head(data.inputs, targets, train_rows, views, view_rows, epochs=epochs, seed=seed, progress=progress)
+        timings["training"] = time.monotonic() - started - timings["features"] - timings["shopper views"]
+        evaluation = evaluate_side_by_side(data, head, test_views, test_rows)
+        manifest = {
+            "base": base.name,
+            "inputs": "backbone unit vector + 4x4x4 colour histogram",
+            "labels": {name: classes for name, (_, _, classes) in targets.items()},
+            "products": len(data.product_ids),
+            "trained_on": int(train.sum()),
+            "fingerprint": data_fingerprint(data, train),
+            "training": {
+                "epochs": epochs,
+                "shopper_views": shopper_views,
+                "test_photos": test_photos,
+                "seed": seed,
+                "seconds": timings,
+            },
+            "evaluation": evaluation,
+            "created": timezone.now().isoformat(),
+        }
+        model = save_model(version, head, manifest)
+    except BaseException as exc:
+        record.status, record.error = EmbeddingModel.Status.FAILED, f"{type(exc).__name__}: {exc}"
+        record.save(update_fields=["status", "error"])
+        raise
+    timings["total"] = time.monotonic() - started
+    record.status = EmbeddingModel.Status.READY
+    record.products, record.fingerprint = len(data.product_ids), manifest["fingerprint"]
+    record.metrics = {**evaluation, "seconds": timings}
+    record.save(update_fields=["status", "products", "fingerprint", "metrics"])
+    return TrainingReport(model, len(data.product_ids), int(train.sum()), timings, evaluation)

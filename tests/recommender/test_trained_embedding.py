@@ -1,0 +1,281 @@
+"""Embeddings trained on the catalogue: the head and its files, training on a slice, activation
+(which never mixes vectors and keeps search answering), admin, and a damaged model."""
+
+import json
+from io import StringIO
+
+import numpy as np
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+
+from catalog.colours import FAMILIES, colour_family, colours_in_family
+from catalog.models import Product
+from recommender import active
+from recommender.active import active_backbone, embedding_spaces
+from recommender.encoding.projection import (
+    HEAD_FILE,
+    BackboneProjection,
+    ModelArtifactError,
+    ProjectionHead,
+    TrainedModel,
+    colour_histograms,
+    save_model,
+)
+from recommender.evaluation.metrics import label_precision, query_neighbours
+from recommender.models import EmbeddingModel, ImageEmbedding
+from recommender.retrieval import current_manifest
+from recommender.trained_models import activate_model, better_than_active, training_due
+from tests.processes import wait_until
+
+
+@pytest.fixture(autouse=True)
+def fresh_trained_backbones():
+    active.load_trained_backbone.cache_clear()
+    yield
+    active.load_trained_backbone.cache_clear()
+
+
+def random_head(inputs: int = 1280 + 64, learned: int = 128, seed: int = 0) -> ProjectionHead:
+    """A head of the trained shape (a learned half beside kept components), with random weights."""
+    rng = np.random.default_rng(seed)
+    components, _ = np.linalg.qr(rng.normal(size=(1280, 128)))
+    return ProjectionHead(
+        [
+            (rng.normal(0, 0.05, (inputs, 64)).astype(np.float32), np.zeros(64, np.float32)),
+            (rng.normal(0, 0.2, (64, learned)).astype(np.float32), np.zeros(learned, np.float32)),
+        ],
+        BackboneProjection(np.zeros(1280, np.float32), components.astype(np.float32)),
+    )
+
+
+def saved_model(version: str = "20260101-000000", status=EmbeddingModel.Status.READY, **metrics) -> EmbeddingModel:
+    save_model(version, random_head(), {"base": "efficientnet_lite2"})
+    return EmbeddingModel.objects.create(version=version, base="efficientnet_lite2", status=status, metrics=metrics)
+
+
+def test_colour_histograms_see_the_product_not_the_white_around_it():
+    photo = np.full((1, 40, 40, 3), 255, np.uint8)
+    photo[0, 10:30, 10:30] = (200, 20, 20)  # a red square on white
+
+    (histogram,) = colour_histograms(photo)
+
+    red_cell = (3 * 4 + 0) * 4 + 0
+    assert histogram[red_cell] == pytest.approx(1.0) and histogram.sum() == pytest.approx(1.0)
+    (white,) = colour_histograms(np.full((1, 8, 8, 3), 255, np.uint8))
+    assert white[63] == pytest.approx(1.0), "an all-white photo is white"
+
+
+def test_a_head_gives_unit_vectors_of_its_dimension_half_kept_from_the_backbone():
+    inputs = np.random.default_rng(1).normal(size=(5, 1344)).astype(np.float32)
+    head = random_head()
+
+    vectors = head.apply(inputs)
+
+    assert head.dimension == 256 and vectors.shape == (5, 256)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    kept = head.kept.apply(inputs[:, :1280])
+    assert np.allclose(vectors[:, :128] * np.sqrt(2), kept, atol=1e-5), "the kept half, of equal weight"
+
+
+def test_a_saved_model_loads_and_a_damaged_one_says_so(settings):
+    head = random_head()
+    model = save_model("20260101-000000", head, {"base": "efficientnet_lite2", "labels": {"gender": ["Men"]}})
+
+    loaded = TrainedModel.load(model.directory)
+    assert loaded.base == "efficientnet_lite2" and loaded.manifest["labels"] == {"gender": ["Men"]}
+    x = np.ones((2, 1344), np.float32)
+    assert np.allclose(loaded.head.apply(x), head.apply(x))
+
+    (model.directory / HEAD_FILE).write_bytes(b"not the weights")
+    with pytest.raises(ModelArtifactError, match="damaged"):
+        TrainedModel.load(model.directory)
+    with pytest.raises(ModelArtifactError, match="Cannot read"):
+        TrainedModel.load(settings.TRAINED_MODEL_DIR / "missing")
+
+
+def test_split_precision_on_a_worked_example():
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    labels = np.array(["a", "a", "b", "a"])
+
+    neighbours = query_neighbours(vectors, np.array([0, 2]), k=1)
+
+    assert neighbours[:, 0].tolist() == [1, 3], "never itself"
+    assert label_precision(neighbours, np.array([0, 2]), labels) == {"micro": 0.5, "macro": 0.5, "queries": 2}
+
+
+def test_colour_families_cover_the_shared_catalogue_and_do_not_overlap(fashion_dataset):
+    import csv
+
+    with (fashion_dataset / "styles.csv").open(newline="") as handle:
+        colours = {row["baseColour"] for row in csv.DictReader(handle)} - {"", "NA"}
+    listed = [colour for members in FAMILIES.values() for colour in members]
+    assert len(listed) == len(set(listed)), "a colour is in one family"
+    assert colours <= set(listed), colours - set(listed)
+    assert colour_family("Navy Blue") == colour_family("teal") == "blue" and colour_family("NA") == ""
+    assert "Navy Blue" in colours_in_family("blue")
+
+
+@pytest.mark.django_db
+def test_without_an_active_model_the_frozen_backbone_answers(lite2):
+    saved_model()  # ready, not active
+    assert active_backbone() == lite2
+    assert [space.name for space in embedding_spaces()] == [lite2.name]
+
+
+@pytest.mark.slow  # embeds shopper-like photos of the slice with the real backbone
+@pytest.mark.django_db
+def test_training_on_a_slice_beats_the_frozen_model_on_its_held_back_products(shared_slice, lite2):
+    from recommender.training import train_embedding
+
+    report = train_embedding(lite2, epochs=30, shopper_views=60, test_photos=20)
+
+    frozen, trained = report.evaluation["frozen"], report.evaluation["trained"]
+    assert report.evaluation["test_products"] >= 30, "the slice's test split is held back"
+    assert trained["colour"]["micro"] > frozen["colour"]["micro"] + 0.05
+    assert trained["colour family"]["micro"] > frozen["colour family"]["micro"] + 0.05
+    assert trained["article type"]["micro"] > frozen["article type"]["micro"] - 0.05
+    record = EmbeddingModel.objects.get(version=report.model.version)
+    assert record.status == EmbeddingModel.Status.READY and record.products == report.products
+    manifest = json.loads((report.model.directory / "model.json").read_text())
+    assert manifest["evaluation"] == report.evaluation and len(manifest["fingerprint"]) == 64
+    assert report.trained_on + report.evaluation["test_products"] == report.products
+
+    # Retraining reads the backbone's features of the shopper-like photos from the cache.
+    again = train_embedding(lite2, epochs=1, shopper_views=60, test_photos=20)
+    assert again.seconds["shopper views"] < report.seconds["shopper views"] / 3
+
+    out = StringIO()
+    call_command(
+        "evaluate_recommender", "--trained", report.model.version, "--sample", "5", "--shopper-photos", "0", stdout=out
+    )
+    assert "trained   colour family" in out.getvalue() and "frozen    shopper photos" in out.getvalue()
+
+
+@pytest.mark.django_db
+def test_activation_embeds_everything_first_then_switches(indexed_catalogue, lite2, client):
+    record = saved_model()
+    before = client.get(reverse("api:index-status")).json()
+
+    activate_model(record.version)
+
+    record.refresh_from_db()
+    space = active_backbone()
+    assert record.status == EmbeddingModel.Status.ACTIVE and space.name == record.space == f"trained-{record.version}"
+    vectors = ImageEmbedding.objects.for_backbone(space).done()
+    assert vectors.count() == 60 and set(vectors.values_list("dimension", flat=True)) == {256}
+    assert current_manifest(space).items == 60 and current_manifest(lite2).items == 60, "one index per space"
+    assert before["backbone"] == lite2.name and client.get(reverse("api:index-status")).json()["backbone"] == space.name
+    assert [s.name for s in embedding_spaces()] == [lite2.name, space.name], "new photos get both vectors"
+
+    second = saved_model("20260102-000000")
+    activate_model(second.version)
+    record.refresh_from_db()
+    assert record.status == EmbeddingModel.Status.RETIRED and EmbeddingModel.objects.active() == second
+
+
+@pytest.mark.django_db
+def test_a_damaged_active_model_leaves_the_site_on_the_frozen_backbone(
+    indexed_catalogue, lite2, client, settings, caplog
+):
+    record = saved_model()
+    activate_model(record.version)
+    (settings.TRAINED_MODEL_DIR / record.version / HEAD_FILE).write_bytes(b"x")
+    active.load_trained_backbone.cache_clear()  # as in a process starting now
+
+    assert active_backbone() == lite2
+    assert "The active trained model cannot be used" in caplog.text and "damaged" in caplog.text
+    response = client.get(reverse("api:similar", args=[Product.objects.first().pk]))
+    assert response.status_code == 200 and response.json()["backbone"] == lite2.name
+    assert len(response.json()["results"]) == 5
+
+
+@pytest.mark.django_db
+def test_a_damaged_model_is_never_activated(indexed_catalogue, lite2, settings):
+    from recommender.trained_models import ActivationError
+
+    record = saved_model()
+    (settings.TRAINED_MODEL_DIR / record.version / HEAD_FILE).write_bytes(b"x")
+
+    with pytest.raises(ActivationError, match="damaged"):
+        activate_model(record.version)
+
+    record.refresh_from_db()
+    assert record.status == EmbeddingModel.Status.FAILED and "damaged" in record.error
+    assert active_backbone() == lite2 and not ImageEmbedding.objects.filter(backbone=record.space).exists()
+
+
+@pytest.mark.django_db
+def test_training_is_due_for_a_whole_catalogue_and_then_for_growth(embedded_catalogue, settings):
+    settings.EMBEDDING_TRAIN_MIN_PRODUCTS, settings.EMBEDDING_RETRAIN_GROWTH = 50, 0.2
+    assert training_due(), "60 embedded products, no model yet"
+    EmbeddingModel.objects.create(version="t", base="efficientnet_lite2", status="training")
+    assert not training_due(), "one is training"
+    EmbeddingModel.objects.filter(version="t").update(status="ready", products=55)
+    assert not training_due(), "60 is less than 20% more than 55"
+    EmbeddingModel.objects.filter(version="t").update(products=50)
+    assert training_due()
+    settings.EMBEDDING_TRAIN_MIN_PRODUCTS = 100
+    EmbeddingModel.objects.all().delete()
+    assert not training_due(), "too few products to learn from"
+
+
+@pytest.mark.django_db
+def test_a_new_model_replaces_the_active_one_only_when_no_worse():
+    def scores(type_p5, colour_p5, recall):
+        return {
+            "article type": {"micro": type_p5},
+            "colour": {"micro": colour_p5},
+            "shopper photos": {"recall@5": recall},
+        }
+
+    frozen = scores(0.8, 0.3, 0.9)
+    first = EmbeddingModel.objects.create(
+        version="a", base="b", metrics={"frozen": frozen, "trained": scores(0.85, 0.5, 0.895)}
+    )
+    assert better_than_active(first)
+    for index, worse in enumerate([scores(0.84, 0.6, 0.9), scores(0.86, 0.49, 0.9), scores(0.9, 0.6, 0.88)]):
+        EmbeddingModel.objects.filter(pk=first.pk).update(status="active")
+        second = EmbeddingModel.objects.create(
+            version=f"b{index}", base="b", metrics={"frozen": frozen, "trained": worse}
+        )
+        assert not better_than_active(second), worse
+    lost_photos = EmbeddingModel.objects.create(
+        version="c", base="b", metrics={"frozen": frozen, "trained": scores(0.9, 0.6, 0.7)}
+    )
+    EmbeddingModel.objects.filter(pk=first.pk).update(status="retired")
+    assert not better_than_active(lost_photos), "better labels do not excuse losing the exact item"
+
+
+@pytest.mark.slow  # a real Celery worker
+@pytest.mark.django_db(transaction=True)
+def test_with_a_worker_admin_activation_keeps_search_answering_and_never_mixes(
+    indexed_catalogue, celery_worker, staff_client, client, lite2, settings
+):
+    settings.SIMILAR_API_RATE_LIMIT = ""  # this test asks many times
+    celery_worker.start()
+    record = saved_model()
+    changelist = reverse("admin:recommender_embeddingmodel_changelist")
+    listing = staff_client.get(changelist)
+    assert listing.status_code == 200 and record.version.encode() in listing.content
+    assert b"Train a new model" in listing.content
+
+    response = staff_client.post(changelist, {"action": "activate", "_selected_action": [record.pk]}, follow=True)
+    assert b"Activating" in response.content
+
+    served, product = [], Product.objects.first()
+
+    def switched():
+        answer = client.get(reverse("api:similar", args=[product.pk]))
+        assert answer.status_code == 200 and len(answer.json()["results"]) == 5
+        served.append(answer.json()["backbone"])
+        return served[-1] != lite2.name
+
+    wait_until(switched, timeout=120, message="the worker activates the model", interval=0.5)
+    record.refresh_from_db()
+    assert record.status == EmbeddingModel.Status.ACTIVE
+    space = active_backbone()
+    assert served[-1] == space.name and set(served) <= {lite2.name, space.name}
+    assert ImageEmbedding.objects.for_backbone(space).count() == 60, "complete before the switch"
+    assert current_manifest(space).dimension == 256 and current_manifest(lite2).dimension == 1280
