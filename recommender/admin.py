@@ -117,6 +117,8 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
             frozen, trained = obj.metrics["frozen"][label][key], obj.metrics["trained"][label][key]
         except (KeyError, TypeError):
             return "-"
+        if trained is None or frozen is None:
+            return "-"
         return f"{trained:.3f} (frozen {frozen:.3f})"
 
     @admin.display(description="Type P@5")

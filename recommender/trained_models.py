@@ -147,6 +147,8 @@ def better_than_active(record: EmbeddingModel) -> bool:
     active = EmbeddingModel.objects.active()
     reference = active.metrics["trained"] if active else record.metrics["frozen"]
     new = record.metrics["trained"]
-    labels_hold = all(new[label]["micro"] >= reference[label]["micro"] for label in ("article type", "colour"))
+    labels_hold = all(
+        (new[label]["micro"] or 0) >= (reference[label]["micro"] or 0) for label in ("article type", "colour")
+    )
     recall = "recall@5"
     return labels_hold and new["shopper photos"][recall] >= reference["shopper photos"][recall] - RECALL_TOLERANCE

@@ -204,13 +204,16 @@ class TrainingReport:
     evaluation: dict = field(default_factory=dict)
 
 
-def _label_targets(data: CatalogueData, train: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
-    """Per label: class index per product (-1: unknown or too rare), per-class weight, class names."""
+def label_targets(data: CatalogueData, train: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Per label: class index per product (-1: unknown or too rare), per-class weight, class names.
+    A label with fewer than two classes to tell apart (a catalogue without colours, say) is left out."""
     targets = {}
     for name in LABELS:
         values = data.labels[name]
         classes, counts = np.unique(values[train & (values != "")], return_counts=True)
         kept = [label for label, count in zip(classes, counts, strict=True) if count >= MIN_CLASS_SIZE]
+        if len(kept) < 2:
+            continue
         index = {label: i for i, label in enumerate(kept)}
         ids = np.array([index.get(value, -1) for value in values])
         sizes = np.array([np.sum(ids[train] == i) for i in range(len(kept))], dtype=np.float32)
@@ -379,7 +382,7 @@ def train_embedding(
         views = shopper_view_inputs(data, list(view_rows), base, cache, seed=0, progress=progress)
         test_views = shopper_view_inputs(data, list(test_rows), base, cache, seed=1, progress=progress)
         timings["shopper views"] = time.monotonic() - started - timings["features"]
-        targets = _label_targets(data, train)
+        targets = label_targets(data, train)
         head = fit_head(data.inputs, targets, train_rows, views, view_rows, epochs=epochs, seed=seed, progress=progress)
         timings["training"] = time.monotonic() - started - timings["features"] - timings["shopper views"]
         evaluation = evaluate_side_by_side(data, head, test_views, test_rows)

@@ -154,9 +154,11 @@ def query_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.nda
 
 def label_precision(neighbours: np.ndarray, queries: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Micro and macro (over the queries' labels) precision@k of `neighbours` of the `queries` rows;
-    queries without a label ("") are left out."""
+    queries without a label ("") are left out (None when no query has one)."""
     labels = np.asarray(labels)
     known = labels[queries] != ""
+    if not known.any():
+        return {"micro": None, "macro": None, "queries": 0}
     hits = (labels[neighbours[known]] == labels[queries[known]][:, None]).mean(axis=1)
     query_labels = labels[queries[known]]
     macro = [hits[query_labels == label].mean() for label in np.unique(query_labels)]

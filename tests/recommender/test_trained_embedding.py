@@ -279,3 +279,28 @@ def test_with_a_worker_admin_activation_keeps_search_answering_and_never_mixes(
     assert served[-1] == space.name and set(served) <= {lite2.name, space.name}
     assert ImageEmbedding.objects.for_backbone(space).count() == 60, "complete before the switch"
     assert current_manifest(space).dimension == 256 and current_manifest(lite2).dimension == 1280
+
+
+def test_labels_without_two_classes_to_learn_are_left_out():
+    from recommender.training import CatalogueData, label_targets
+
+    count = 30
+    labels = {name: np.array(["x"] * count) for name in ("sub_category", "base_colour", "colour_family", "usage")}
+    labels["article_type"] = np.array(["Shirts"] * 12 + ["Shorts"] * 12 + ["Rare"] * 3 + [""] * 3)
+    labels["gender"] = np.array([""] * count)
+    data = CatalogueData(
+        np.arange(count),
+        [""] * count,
+        [""] * count,
+        np.zeros((count, 4)),
+        np.zeros((count, 64)),
+        labels,
+        np.zeros(count, bool),
+    )
+
+    targets = label_targets(data, np.ones(count, bool))
+
+    assert set(targets) == {"article_type"}, "one class, or none, is nothing to learn"
+    ids, weights, classes = targets["article_type"]
+    assert classes == ["Shirts", "Shorts"] and ids.tolist()[-6:] == [-1] * 6, "rare and unknown are ignored"
+    assert label_precision(np.zeros((2, 1), int), np.array([0, 1]), np.array(["", ""]))["micro"] is None

@@ -178,10 +178,14 @@ def print_trained_evaluation(write, evaluation: dict) -> None:
         for label, scores in evaluation[space].items():
             if label == "shopper photos":
                 continue
-            write(f"{space:<10}{label:<15}{scores['micro']:>8.3f}{scores['macro']:>12.3f}")
+            write(f"{space:<10}{label:<15}{_score(scores['micro']):>8}{_score(scores['macro']):>12}")
     for space in ("frozen", "trained"):
         photos = evaluation[space]["shopper photos"]
         write(
             f"{space:<10}shopper photos: recall@1 {photos['recall@1']:.3f}, recall@{k} {photos[f'recall@{k}']:.3f}, "
             f"type P@{k} {photos[f'type_precision@{k}']:.3f}"
         )
+
+
+def _score(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
