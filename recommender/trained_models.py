@@ -21,11 +21,10 @@ from catalog.models import Product
 from .active import load_trained_backbone
 from .embedding import embed_catalogue
 from .encoding.backbones import Backbone, get_backbone
-from .encoding.preprocessing import image_pixels
-from .encoding.projection import ModelArtifactError, colour_histograms
+from .encoding.projection import ModelArtifactError
 from .models import EmbeddingModel, ImageEmbedding
 from .retrieval import build_index
-from .training import FeatureCache, _open_photo
+from .training import FeatureCache
 
 logger = logging.getLogger(__name__)
 BATCH = 1000
@@ -64,13 +63,7 @@ def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
 
 
 def _project(batch, backbone, base, cache, head) -> int:
-    histograms = []
-    for _, checksum, name, _ in batch:
-        histogram = cache.get(checksum, "histogram")
-        if histogram is None:
-            histogram = colour_histograms(image_pixels(_open_photo(name, base.input_size), base.input_size)[None])[0]
-            cache.put(checksum, "histogram", histogram)
-        histograms.append(histogram)
+    histograms = [cache.histogram(checksum, name, base.input_size) for _, checksum, name, _ in batch]
     vectors = head.apply(np.hstack([np.vstack([row[3] for row in batch]), np.stack(histograms)]))
     now = timezone.now()
     ImageEmbedding.objects.bulk_create(

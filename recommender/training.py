@@ -95,6 +95,14 @@ class FeatureCache:
         except (OSError, ValueError):
             return None
 
+    def histogram(self, checksum: str, name: str, size: int) -> np.ndarray:
+        """The colour histogram of a stored photo (`name`), prepared at `size` like the backbone's input."""
+        histogram = self.get(checksum, "histogram")
+        if histogram is None:
+            histogram = colour_histograms(image_pixels(_open_photo(name, size), size)[None])[0]
+            self.put(checksum, "histogram", histogram)
+        return histogram
+
     def put(self, checksum: str, kind: str, array: np.ndarray) -> None:
         path = self.path(checksum, kind)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -133,13 +141,10 @@ def catalogue_data(base: Backbone, cache: FeatureCache, progress: bool = False) 
             records.append(row)
     if len(records) < 20:
         raise ValueError(f"Only {len(records)} products have a {base.name} embedding; embed the catalogue first.")
-    histograms = []
-    for _, checksum, name, *_ in tqdm(records, desc="Colour histograms", unit="photo", disable=not progress):
-        histogram = cache.get(checksum, "histogram")
-        if histogram is None:
-            histogram = colour_histograms(image_pixels(_open_photo(name, base.input_size), base.input_size)[None])[0]
-            cache.put(checksum, "histogram", histogram)
-        histograms.append(histogram)
+    histograms = [
+        cache.histogram(checksum, name, base.input_size)
+        for _, checksum, name, *_ in tqdm(records, desc="Colour histograms", unit="photo", disable=not progress)
+    ]
     columns = list(zip(*records, strict=True))
     labels = {
         name: np.array([value if value not in ("", "NA") else "" for value in column])
