@@ -20,8 +20,8 @@ def test_similar_finds_a_catalogue_photo_first(embedded_catalogue, fashion_datas
     call_command("similar", str(fashion_dataset / "images" / "10007.jpg"), "--k", "5", stdout=out)
 
     lines = out.getvalue().strip().splitlines()
-    assert len(lines) == 6
-    first = lines[1].split()
+    assert len(lines) == 7 and lines[0].startswith("efficientnet_lite2, searched with the garment found at")
+    first = lines[2].split()
     assert first[0] == "1" and first[3] == "10007"
     assert float(first[1]) > 0.95
 
