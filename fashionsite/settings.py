@@ -263,6 +263,8 @@ INDEX_REBUILD_SECONDS = env_int("INDEX_REBUILD_SECONDS", 300)
 EMBEDDING_TRAIN_MIN_PRODUCTS = env_int("EMBEDDING_TRAIN_MIN_PRODUCTS", 500)
 EMBEDDING_RETRAIN_GROWTH = float(env_str("EMBEDDING_RETRAIN_GROWTH", "0.2"))
 EMBEDDING_TRAIN_CHECK_SECONDS = env_int("EMBEDDING_TRAIN_CHECK_SECONDS", 600)
+# A training or activation not finished after this long lost its worker; beat marks it so.
+EMBEDDING_STALE_SECONDS = env_int("EMBEDDING_STALE_SECONDS", 2 * 3600)
 # A model trained by beat is activated on its own when it beats the active one on the test split.
 EMBEDDING_AUTO_ACTIVATE = env_bool("EMBEDDING_AUTO_ACTIVATE", True)
 CELERY_BEAT_SCHEDULE = {

@@ -118,6 +118,7 @@ class EmbeddingModel(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     activated_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     objects = EmbeddingModelQuerySet.as_manager()
 

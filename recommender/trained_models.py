@@ -8,6 +8,7 @@ never meet in one index.
 """
 
 import logging
+from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
@@ -116,10 +117,27 @@ def activate_model(version: str, progress: bool = False) -> EmbeddingModel:
     return record
 
 
+def give_up_stale_runs() -> int:
+    """Training or activation that has not moved for EMBEDDING_STALE_SECONDS lost its worker (killed,
+    restarted): say so, so that it neither blocks the next run nor shows as running for ever."""
+    stale = EmbeddingModel.objects.filter(
+        updated_at__lt=timezone.now() - timedelta(seconds=settings.EMBEDDING_STALE_SECONDS)
+    )
+    message = "stopped without finishing (its worker was stopped or restarted); run it again"
+    trainings = stale.filter(status=EmbeddingModel.Status.TRAINING).update(
+        status=EmbeddingModel.Status.FAILED, error=f"Training {message}."
+    )
+    activations = stale.filter(status=EmbeddingModel.Status.ACTIVATING).update(
+        status=EmbeddingModel.Status.READY, error=f"Activation {message}."
+    )
+    return trainings + activations
+
+
 def training_due() -> bool:
     """Whether the catalogue calls for a new model: none trained yet while at least
     EMBEDDING_TRAIN_MIN_PRODUCTS are embedded, or EMBEDDING_RETRAIN_GROWTH more products than the
     active model saw. Never while a model is training or activating."""
+    give_up_stale_runs()
     busy = [EmbeddingModel.Status.TRAINING, EmbeddingModel.Status.ACTIVATING]
     if EmbeddingModel.objects.filter(status__in=busy).exists():
         return False

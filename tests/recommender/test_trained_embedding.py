@@ -304,3 +304,24 @@ def test_labels_without_two_classes_to_learn_are_left_out():
     ids, weights, classes = targets["article_type"]
     assert classes == ["Shirts", "Shorts"] and ids.tolist()[-6:] == [-1] * 6, "rare and unknown are ignored"
     assert label_precision(np.zeros((2, 1), int), np.array([0, 1]), np.array(["", ""]))["micro"] is None
+
+
+@pytest.mark.django_db
+def test_a_run_whose_worker_died_is_given_up_and_does_not_block_the_next(embedded_catalogue, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.EMBEDDING_TRAIN_MIN_PRODUCTS, settings.EMBEDDING_STALE_SECONDS = 50, 3600
+    EmbeddingModel.objects.create(version="dead", base="efficientnet_lite2", status="training")
+    EmbeddingModel.objects.create(version="half", base="efficientnet_lite2", status="activating", products=60)
+    assert not training_due(), "both look busy while recent"
+
+    EmbeddingModel.objects.update(updated_at=timezone.now() - timedelta(hours=2))
+    assert not training_due(), "the half-activated model still counts as the newest (60 products)"
+
+    dead, half = EmbeddingModel.objects.get(version="dead"), EmbeddingModel.objects.get(version="half")
+    assert dead.status == "failed" and "stopped without finishing" in dead.error
+    assert half.status == "ready" and "Activation stopped" in half.error
+    EmbeddingModel.objects.filter(version="half").update(products=40)
+    assert training_due(), "nothing is running any more"
