@@ -325,3 +325,22 @@ def test_a_run_whose_worker_died_is_given_up_and_does_not_block_the_next(embedde
     assert half.status == "ready" and "Activation stopped" in half.error
     EmbeddingModel.objects.filter(version="half").update(products=40)
     assert training_due(), "nothing is running any more"
+
+
+@pytest.mark.django_db
+def test_the_train_button_queues_training_and_says_so_when_redis_is_down(staff_client, redis_server):
+    redis_server.flush()
+    train = reverse("admin:recommender_train_embedding")
+
+    response = staff_client.post(train, follow=True)
+
+    assert b"Training queued" in response.content
+    [message] = redis_server.client.lrange("training", 0, -1)
+    assert json.loads(message)["headers"]["task"] == "recommender.tasks.train_embedding_task"
+
+    redis_server.stop()
+    try:
+        response = staff_client.post(train, follow=True)
+    finally:
+        redis_server.start()
+    assert response.status_code == 200 and b"The task queue is unreachable" in response.content
