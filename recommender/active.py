@@ -6,6 +6,8 @@ active model from PostgreSQL, so they agree on it."""
 import functools
 import logging
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .encoding.backbones import Backbone, get_backbone, trained_backbone
 from .encoding.projection import ModelArtifactError, TrainedModel, models_directory
 from .models import EmbeddingModel
@@ -50,4 +52,8 @@ def space_by_name(name: str) -> Backbone:
 @functools.lru_cache(maxsize=4)
 def load_trained_backbone(version: str) -> Backbone:
     """A trained model's backbone, its files checked once per process (they never change in place)."""
-    return trained_backbone(TrainedModel.load(models_directory() / version))
+    model = TrainedModel.load(models_directory() / version)
+    try:
+        return trained_backbone(model)
+    except ImproperlyConfigured as exc:  # a base backbone this site does not offer
+        raise ModelArtifactError(f"Trained model {version} needs {model.base!r}: {exc}") from exc

@@ -121,11 +121,14 @@ COLOUR_DESCRIPTION = (
 )
 
 
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (PostgreSQL refuses NUL in text)
+
+
 class SimilarQuery(Schema):
     k: int = Field(5, ge=1, le=MAX_RESULTS, description="How many products.")
-    gender: str = Field("", max_length=32, description="Only products of this gender.")
-    article_type: str = Field("", max_length=64, description="Only products of this article type.")
-    colour: str = Field("", max_length=32, description=COLOUR_DESCRIPTION)
+    gender: str = Field("", max_length=32, pattern=PRINTABLE, description="Only products of this gender.")
+    article_type: str = Field("", max_length=64, pattern=PRINTABLE, description="Only products of this article type.")
+    colour: str = Field("", max_length=32, pattern=PRINTABLE, description=COLOUR_DESCRIPTION)
 
 
 def _error(status: int, code: str, message: str, details: dict | None = None):
@@ -136,10 +139,14 @@ def _error(status: int, code: str, message: str, details: dict | None = None):
 
 
 class JsonErrorsMiddleware:
-    """Errors that Django or ninja answer before an API view runs (an unknown URL, a method the URL does
-    not take) in the API's JSON envelope rather than HTML."""
+    """Errors that Django or ninja answer outside an API view's own handling (an unknown URL, a method
+    the URL does not take, an unexpected failure) in the API's JSON envelope rather than HTML."""
 
-    CODES = {404: ("not_found", "There is no such API URL."), 405: ("method_not_allowed", "Method not allowed.")}
+    CODES = {
+        404: ("not_found", "There is no such API URL."),
+        405: ("method_not_allowed", "Method not allowed."),
+        500: ("server_error", "Something went wrong on our side; it has been logged."),
+    }
 
     def __init__(self, get_response):
         self.get_response = get_response

@@ -28,6 +28,28 @@ def colour_choices() -> list[tuple[str, str]]:
     return [("", "Any colour"), *((family, family_label(family)) for family in Product.objects.colour_families())]
 
 
+class FlagInput(forms.CheckboxInput):
+    """A checkbox whose submitted text reaches the field (Django's turns any text but "false" into True)."""
+
+    def value_from_datadict(self, data, files, name):
+        return data.get(name, "")
+
+
+class FlagField(forms.BooleanField):
+    """A checkbox on the page; true/false, 1/0, on/off or yes/no from API clients, anything else an error."""
+
+    widget = FlagInput
+    TRUE, FALSE = {"true", "1", "on", "yes"}, {"false", "0", "off", "no", ""}
+
+    def to_python(self, value) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in self.TRUE | self.FALSE:
+            return text in self.TRUE
+        raise forms.ValidationError("Use true or false.", code="invalid")
+
+
 class VisualSearchForm(forms.Form):
     """A shopper's photo, plus optional filters: one form for the search page and the API."""
 
@@ -41,7 +63,7 @@ class VisualSearchForm(forms.Form):
     k = forms.IntegerField(required=False, min_value=1, max_value=MAX_RESULTS, initial=5, widget=forms.HiddenInput)
     # The part of the photo to search with, "x0,y0,x1,y1" as fractions; by default the garment found.
     crop = forms.CharField(required=False, widget=forms.HiddenInput)
-    whole_photo = forms.BooleanField(
+    whole_photo = FlagField(
         required=False,
         label="Use the whole photo",
         help_text="Search with everything in the photo, not only the garment we find in it.",

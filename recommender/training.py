@@ -36,7 +36,7 @@ from .encoding.embedder import get_embedder
 from .encoding.garment import get_locator
 from .encoding.preprocessing import image_pixels, read_image
 from .encoding.projection import (
-    HISTOGRAM_BINS,
+    HISTOGRAM_CELLS,
     BackboneProjection,
     ProjectionHead,
     TrainedModel,
@@ -59,7 +59,6 @@ REPORTED = {"article type": "article_type", "sub category": "sub_category", "col
 REPORTED_FAMILY = "colour family"
 AUGMENTATION = "shopper1"  # names the recipe of the cached shopper-like views; change it with the recipe
 CLUTTER_PHOTOS = 60
-HISTOGRAM_CELLS = HISTOGRAM_BINS**3
 INSTANCE_WEIGHT = 1.0
 
 

@@ -64,7 +64,7 @@ class Box:
         box = cls(*numbers)
         if not (0 <= box.x0 < box.x1 <= 1 and 0 <= box.y0 < box.y1 <= 1):
             raise InvalidBox("The crop must lie inside the photo: 0 ≤ x0 < x1 ≤ 1 and 0 ≤ y0 < y1 ≤ 1.")
-        if box.x1 - box.x0 < MIN_SIDE or box.y1 - box.y0 < MIN_SIDE:
+        if box.x1 - box.x0 < MIN_SIDE - 1e-9 or box.y1 - box.y0 < MIN_SIDE - 1e-9:  # 0.12 - 0.10 < 0.02 in floats
             raise InvalidBox(f"The crop is too small: each side must be at least {MIN_SIDE:.0%} of the photo's.")
         return box
 
@@ -94,6 +94,7 @@ class Box:
         width, height = image.size
         pixels = (self.x0 * width, self.y0 * height, self.x1 * width, self.y1 * height)
         left, top, right, bottom = (round(value) for value in pixels)
+        left, top = min(left, width - 1), min(top, height - 1)  # a tiny photo: at least its last pixel
         return image.crop((left, top, max(right, left + 1), max(bottom, top + 1)))
 
 

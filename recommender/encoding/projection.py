@@ -13,6 +13,7 @@ evaluation, a fingerprint of the data it saw, and the head file's SHA-256, check
 """
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -23,8 +24,10 @@ import numpy as np
 from django.conf import settings
 
 HEAD_FILE = "head.npz"
+MANIFEST_KEYS = ("version", "base", "head_sha256")
 MANIFEST_FILE = "model.json"
 HISTOGRAM_BINS = 4  # per channel: 64 colour cells
+HISTOGRAM_CELLS = HISTOGRAM_BINS**3
 WHITE_LEVEL = 235  # lighter than this in every channel is background (as catalogue photos are shot)
 
 
@@ -43,9 +46,9 @@ def colour_histograms(pixels: np.ndarray) -> np.ndarray:
             product = flat
         cells = (product // (256 // HISTOGRAM_BINS)).astype(np.int64)
         index = (cells[:, 0] * HISTOGRAM_BINS + cells[:, 1]) * HISTOGRAM_BINS + cells[:, 2]
-        counts = np.bincount(index, minlength=HISTOGRAM_BINS**3).astype(np.float32)
+        counts = np.bincount(index, minlength=HISTOGRAM_CELLS).astype(np.float32)
         rows.append(np.sqrt(counts / counts.sum()))
-    return np.stack(rows) if rows else np.zeros((0, HISTOGRAM_BINS**3), np.float32)
+    return np.stack(rows) if rows else np.zeros((0, HISTOGRAM_CELLS), np.float32)
 
 
 def head_inputs(backbone_vectors: np.ndarray, pixels: np.ndarray) -> np.ndarray:
@@ -76,6 +79,10 @@ class ProjectionHead:
     @property
     def dimension(self) -> int:
         return self.layers[-1][0].shape[1] + (self.kept.components.shape[1] if self.kept else 0)
+
+    @property
+    def input_dimension(self) -> int:
+        return self.layers[0][0].shape[0]
 
     def apply(self, inputs: np.ndarray) -> np.ndarray:
         x = np.asarray(inputs, np.float32)
@@ -112,26 +119,47 @@ class TrainedModel:
 
     @classmethod
     def load(cls, directory: Path) -> "TrainedModel":
-        """Raises ModelArtifactError saying what is wrong."""
+        """Raises ModelArtifactError saying what is wrong, whatever is wrong with the files."""
         try:
             manifest = json.loads((directory / MANIFEST_FILE).read_text())
             data = (directory / HEAD_FILE).read_bytes()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             raise ModelArtifactError(f"Cannot read the trained model in {directory}: {exc}") from exc
-        if hashlib.sha256(data).hexdigest() != manifest.get("head_sha256"):
+        if not isinstance(manifest, dict) or not all(isinstance(manifest.get(key), str) for key in MANIFEST_KEYS):
+            raise ModelArtifactError(f"{directory / MANIFEST_FILE} is not a trained model's manifest.")
+        if hashlib.sha256(data).hexdigest() != manifest["head_sha256"]:
             raise ModelArtifactError(f"{directory / HEAD_FILE} is damaged: its checksum is not the manifest's.")
         try:
-            with np.load(directory / HEAD_FILE) as arrays:
-                count = sum(1 for name in arrays.files if name.startswith("w"))
-                layers = [(arrays[f"w{i}"], arrays[f"b{i}"]) for i in range(count)]
-                kept = (
-                    BackboneProjection(arrays["kept_mean"], arrays["kept_components"])
-                    if "kept_mean" in arrays
-                    else None
-                )
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelArtifactError(f"Cannot read {directory / HEAD_FILE}: {exc}") from exc
-        return cls(directory, manifest, ProjectionHead(layers, kept))
+            head = _read_head(io.BytesIO(data))
+        except Exception as exc:  # numpy and zipfile raise many kinds for a file that is not a head
+            raise ModelArtifactError(f"{directory / HEAD_FILE} is not a usable head: {exc}") from exc
+        if manifest.get("dimension", head.dimension) != head.dimension:
+            raise ModelArtifactError(f"{directory / HEAD_FILE} gives {head.dimension}-d vectors, not the manifest's.")
+        return cls(directory, manifest, head)
+
+
+def _read_head(file) -> ProjectionHead:
+    """The head in an .npz file, its shapes checked: w0 (in, h1), b0 (h1,), w1 (h1, h2), ..."""
+    with np.load(file, allow_pickle=False) as arrays:
+        count = sum(1 for name in arrays.files if name.startswith("w"))
+        layers = [
+            (np.asarray(arrays[f"w{i}"], np.float32), np.asarray(arrays[f"b{i}"], np.float32)) for i in range(count)
+        ]
+        kept = None
+        if "kept_mean" in arrays.files:
+            kept = BackboneProjection(
+                np.asarray(arrays["kept_mean"], np.float32), np.asarray(arrays["kept_components"], np.float32)
+            )
+    if not layers:
+        raise ValueError("no layers")
+    width = layers[0][0].shape[0] if layers[0][0].ndim == 2 else -1
+    for weights, bias in layers:
+        if weights.ndim != 2 or weights.shape[0] != width or bias.shape != (weights.shape[1],):
+            raise ValueError("layer shapes do not chain")
+        width = weights.shape[1]
+    if kept is not None and (kept.components.ndim != 2 or kept.mean.shape != (kept.components.shape[0],)):
+        raise ValueError("the kept projection's shapes do not match")
+    return ProjectionHead(layers, kept)
 
 
 def models_directory() -> Path:

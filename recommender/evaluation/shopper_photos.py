@@ -24,8 +24,10 @@ def product_mask(photo: Image.Image) -> Image.Image:
     """Where the product is in a catalogue photo (L mode, 255 inside): not white, holes filled."""
     pixels = np.asarray(photo.convert("RGB"))
     inside = pixels.min(axis=2) < WHITE_LEVEL
-    inside = ndimage.binary_closing(inside, iterations=2)
-    inside = ndimage.binary_fill_holes(inside)
+    closed = ndimage.binary_fill_holes(ndimage.binary_closing(inside, iterations=2))
+    # Closing erodes a product thinner than a few pixels away, and a white product has no mask: then
+    # the raw mask, or the whole photo, is the product.
+    inside = closed if closed.any() else inside if inside.any() else np.ones_like(inside)
     mask = Image.fromarray((inside * 255).astype(np.uint8))
     return mask.filter(ImageFilter.GaussianBlur(1))
 

@@ -193,3 +193,31 @@ def test_evaluate_recommender_reports_search_by_photo(indexed_catalogue, tmp_pat
     assert all(0 <= scores["recall@5"] <= 1 and scores["photos"] >= 1 for scores in shopper.values())
     assert set(report["catalogue_photos"]) == {"whole photo", "garment found"}
     assert "Search by photo" in out.getvalue() and "garment found" in out.getvalue()
+
+
+def test_a_crop_of_exactly_the_smallest_side_is_accepted_anywhere_and_stays_inside_tiny_photos():
+    for text in ["0.1,0,0.12,1", "0.3,0,0.32,1", "0,0,0.02,1"]:
+        assert Box.parse(text)
+    dot = Image.new("RGB", (1, 1), "red")
+    assert Box.parse("0.98,0.98,1,1").crop(dot).getpixel((0, 0)) == (255, 0, 0), "never the black beyond the photo"
+
+
+def test_a_white_or_tiny_product_still_makes_a_shopper_photo_with_a_box():
+    for photo in [
+        Image.new("RGB", (300, 400), "white"),
+        Image.new("RGB", (1, 1), "black"),
+        Image.new("RGB", (2, 300), "blue"),
+    ]:
+        x0, y0, x1, y1 = shopper_photo(photo, seed=1).box
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+
+
+def test_whole_photo_is_a_boolean_for_api_clients(client, catalogue):
+    from recommender.forms import FlagField
+
+    field = FlagField(required=False)
+    assert [field.clean(value) for value in ["true", "1", "on", "Yes", "false", "0", "off", "no", ""]] == [True] * 4 + [
+        False
+    ] * 5
+    response = client.post(API_SEARCH, {"image": photo_upload(), "whole_photo": "maybe"})
+    assert response.status_code == 400 and response.json()["error"]["details"]["whole_photo"][0]["code"] == "invalid"

@@ -128,6 +128,25 @@ def test_a_wrong_method_and_an_unknown_api_url_answer_json(client, db):
     assert unknown.status_code == 404 and error(unknown)["code"] == "not_found"
 
 
+def test_control_characters_in_similar_filters_are_a_400_not_a_database_error(client, catalogue):
+    product = Product.objects.first()
+    for filters in [{"gender": "\x00"}, {"article_type": "Shirts\x00"}, {"colour": "blue\x00"}]:
+        response = client.get(reverse("api:similar", args=[product.pk]), filters)
+        assert response.status_code == 400 and error(response)["code"] == "invalid", filters
+
+
+def test_an_unexpected_api_failure_answers_json(client, catalogue, monkeypatch):
+    from recommender import api
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(api, "similar_products", broken)
+    client.raise_request_exception = False
+    response = client.get(reverse("api:similar", args=[Product.objects.first().pk]))
+    assert response.status_code == 500 and error(response)["code"] == "server_error"
+
+
 def test_a_damaged_photo_does_not_leak_the_decoder_message(client, catalogue, fashion_dataset):
     data = (fashion_dataset / "images" / "10007.jpg").read_bytes()
     api = client.post(API_SEARCH, {"image": SimpleUploadedFile("x.jpg", data[: len(data) // 2])})

@@ -344,3 +344,53 @@ def test_the_train_button_queues_training_and_says_so_when_redis_is_down(staff_c
     finally:
         redis_server.start()
     assert response.status_code == 200 and b"The task queue is unreachable" in response.content
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "manifest is a list",
+        "head is not a zip",
+        "head is truncated",
+        "layers do not chain",
+        "unknown base",
+        "wrong input width",
+    ],
+)
+@pytest.mark.django_db
+def test_any_damage_to_the_active_model_leaves_the_site_on_the_frozen_backbone(damage, settings, lite2):
+    import hashlib
+    import io
+
+    record = saved_model()
+    EmbeddingModel.objects.filter(pk=record.pk).update(status="active")
+    directory = settings.TRAINED_MODEL_DIR / record.version
+    manifest = json.loads((directory / "model.json").read_text())
+
+    def write_head(**arrays):
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        (directory / HEAD_FILE).write_bytes(buffer.getvalue())
+        manifest["head_sha256"] = hashlib.sha256(buffer.getvalue()).hexdigest()
+
+    if damage == "manifest is a list":
+        manifest = []
+    elif damage == "head is not a zip":
+        (directory / HEAD_FILE).write_bytes(b"plain bytes")
+        manifest["head_sha256"] = hashlib.sha256(b"plain bytes").hexdigest()
+    elif damage == "head is truncated":
+        data = (directory / HEAD_FILE).read_bytes()[:500]
+        (directory / HEAD_FILE).write_bytes(data)
+        manifest["head_sha256"] = hashlib.sha256(data).hexdigest()
+    elif damage == "layers do not chain":
+        write_head(w0=np.zeros((1344, 8)), b0=np.zeros(8), w1=np.zeros((9, 4)), b1=np.zeros(4))
+    elif damage == "unknown base":
+        manifest["base"] = "no_such_backbone"
+    elif damage == "wrong input width":
+        write_head(w0=np.zeros((10, 8)), b0=np.zeros(8))
+        manifest.pop("dimension")
+    (directory / "model.json").write_text(json.dumps(manifest))
+
+    with pytest.raises(ModelArtifactError):
+        active.load_trained_backbone(record.version)
+    assert active_backbone() == lite2
