@@ -1,5 +1,5 @@
 from django.conf import settings
-from django.shortcuts import redirect
+from django.http import HttpResponsePermanentRedirect
 from django.views.generic import DetailView, ListView
 
 from .browse import BrowseQuery, product_breadcrumbs
@@ -38,8 +38,9 @@ class ProductDetailView(DetailView):
 
     def get(self, request, *args, **kwargs):
         self.object = self.get_object()
-        if kwargs.get("slug") != self.object.slug:
-            return redirect(self.object, permanent=True)
+        if kwargs.get("slug") != self.object.slug:  # keep the query: ?same_colour=1 and the like
+            query = request.META.get("QUERY_STRING", "")
+            return HttpResponsePermanentRedirect(self.object.get_absolute_url() + (f"?{query}" if query else ""))
         return self.render_to_response(self.get_context_data(object=self.object))
 
     def get_context_data(self, **kwargs):

@@ -106,6 +106,8 @@ def test_old_or_missing_slug_redirects_to_the_canonical_url(client, catalogue):
         response = client.get(url)
         assert response.status_code == 301
         assert response["Location"] == product.get_absolute_url()
+    kept = client.get(f"/products/{product.pk}/an-old-name/?same_colour=1&same_type=1")
+    assert kept.status_code == 301 and kept["Location"] == product.get_absolute_url() + "?same_colour=1&same_type=1"
 
 
 def test_unknown_product_is_404(client, catalogue):
