@@ -133,6 +133,14 @@ class EmbeddingModel(models.Model):
     def __str__(self):
         return f"trained model {self.version} ({self.get_status_display()})"
 
+    def mark(self, status: str, **fields) -> None:
+        """Save a new status (and any other fields given); updated_at moves too, which is how beat
+        tells a run that is still going from one whose worker died."""
+        self.status = status
+        for name, value in fields.items():
+            setattr(self, name, value)
+        self.save(update_fields=["status", *fields, "updated_at"])
+
     @property
     def space(self) -> str:
         """The name its vectors and index are kept under (the backbone name of its embedding space)."""

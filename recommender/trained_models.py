@@ -94,25 +94,21 @@ def activate_model(version: str, progress: bool = False) -> EmbeddingModel:
         return record
     if record.status == EmbeddingModel.Status.TRAINING:
         raise ActivationError(f"Model {version} is still training.")
-    record.status, record.error = EmbeddingModel.Status.ACTIVATING, ""
-    record.save(update_fields=["status", "error"])
+    record.mark(EmbeddingModel.Status.ACTIVATING, error="")
     try:
         backbone = load_trained_backbone(version)
         project_catalogue(backbone, progress)
         embed_catalogue(backbone)  # photos that had no frozen vector yet
         build_index(backbone, force=True)
     except ModelArtifactError as exc:
-        record.status, record.error = EmbeddingModel.Status.FAILED, str(exc)
-        record.save(update_fields=["status", "error"])
+        record.mark(EmbeddingModel.Status.FAILED, error=str(exc))
         raise ActivationError(str(exc)) from exc
     except BaseException as exc:
-        record.status, record.error = EmbeddingModel.Status.READY, f"Activation failed: {type(exc).__name__}: {exc}"
-        record.save(update_fields=["status", "error"])
+        record.mark(EmbeddingModel.Status.READY, error=f"Activation failed: {type(exc).__name__}: {exc}")
         raise
     with transaction.atomic():
         EmbeddingModel.objects.filter(status=EmbeddingModel.Status.ACTIVE).update(status=EmbeddingModel.Status.RETIRED)
-        record.status, record.activated_at = EmbeddingModel.Status.ACTIVE, timezone.now()
-        record.save(update_fields=["status", "activated_at"])
+        record.mark(EmbeddingModel.Status.ACTIVE, activated_at=timezone.now())
     logger.info("Trained model %s is active", version)
     return record
 

@@ -188,9 +188,7 @@ def shopper_view_inputs(
                 shot = shopper_photo(
                     _open_photo(data.names[row]), photo_seed, random.Random(photo_seed).sample(clutter, 3)
                 )
-                regions = locator.locate(shot.image)
-                photo = regions[0].crop(shot.image) if regions else shot.image
-                pixels.append(image_pixels(photo, base.input_size))
+                pixels.append(image_pixels(locator.crop_to_garment(shot.image), base.input_size))
             pixels = np.stack(pixels)
             inputs = head_inputs(embedder.embed_pixels(pixels), pixels)
             for row, row_inputs in zip(chunk, inputs, strict=True):
@@ -409,12 +407,13 @@ def train_embedding(
         }
         model = save_model(version, head, manifest)
     except BaseException as exc:
-        record.status, record.error = EmbeddingModel.Status.FAILED, f"{type(exc).__name__}: {exc}"
-        record.save(update_fields=["status", "error"])
+        record.mark(EmbeddingModel.Status.FAILED, error=f"{type(exc).__name__}: {exc}")
         raise
     timings["total"] = time.monotonic() - started
-    record.status = EmbeddingModel.Status.READY
-    record.products, record.fingerprint = len(data.product_ids), manifest["fingerprint"]
-    record.metrics = {**evaluation, "seconds": timings}
-    record.save(update_fields=["status", "products", "fingerprint", "metrics"])
+    record.mark(
+        EmbeddingModel.Status.READY,
+        products=len(data.product_ids),
+        fingerprint=manifest["fingerprint"],
+        metrics={**evaluation, "seconds": timings},
+    )
     return TrainingReport(model, len(data.product_ids), int(train.sum()), timings, evaluation)

@@ -191,6 +191,11 @@ class GarmentLocator:
         probabilities = self._predict(tf_style(square_pixels(image))[None], wait_seconds)
         return regions(np.asarray(probabilities).reshape(probabilities.shape[1:3]), *image.size)
 
+    def crop_to_garment(self, image: Image.Image) -> Image.Image:
+        """The photo cropped to its most salient garment, as a photo search crops it (whole if none)."""
+        regions = self.locate(image)
+        return (regions[0] if regions else Box.WHOLE).crop(image)
+
     def _litert(self):
         from . import litert
         from .embedder import EmbedderBusy

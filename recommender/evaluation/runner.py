@@ -189,20 +189,20 @@ def shopper_photo_quality(data: CatalogueVectors, backbone: Backbone, k: int, co
         size = backbone.input_size
         return embedder.embed_pixels(np.stack([image_pixels(image, size) for image in images]))
 
-    def found(image: Image.Image) -> Image.Image:
-        regions = locator.locate(image)
-        return regions[0].crop(image) if regions else image
-
     truth = np.array(rows)
     images = [shot.image for shot in shots]
     return {
         "shopper_photos": {
             "whole photo": photo_search_scores(embed(images), truth, data, k),
-            "garment found": photo_search_scores(embed([found(image) for image in images]), truth, data, k),
+            "garment found": photo_search_scores(
+                embed([locator.crop_to_garment(image) for image in images]), truth, data, k
+            ),
             "true box": photo_search_scores(embed([Box(*s.box).crop(s.image) for s in shots]), truth, data, k),
         },
         "catalogue_photos": {
             "whole photo": photo_search_scores(embed(clean), truth, data, k, exclude_truth=True),
-            "garment found": photo_search_scores(embed([found(image) for image in clean]), truth, data, k, True),
+            "garment found": photo_search_scores(
+                embed([locator.crop_to_garment(image) for image in clean]), truth, data, k, True
+            ),
         },
     }

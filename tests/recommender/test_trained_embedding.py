@@ -394,3 +394,20 @@ def test_any_damage_to_the_active_model_leaves_the_site_on_the_frozen_backbone(d
     with pytest.raises(ModelArtifactError):
         active.load_trained_backbone(record.version)
     assert active_backbone() == lite2
+
+
+@pytest.mark.django_db
+def test_a_status_change_counts_as_progress_for_the_stale_check(settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from recommender.trained_models import give_up_stale_runs
+
+    settings.EMBEDDING_STALE_SECONDS = 3600
+    record = EmbeddingModel.objects.create(version="old", base="efficientnet_lite2", status="ready")
+    EmbeddingModel.objects.update(updated_at=timezone.now() - timedelta(days=1))  # trained yesterday
+
+    record.mark(EmbeddingModel.Status.ACTIVATING, error="")  # activation starts now
+
+    assert give_up_stale_runs() == 0 and EmbeddingModel.objects.get().status == "activating"
