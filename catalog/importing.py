@@ -4,7 +4,8 @@ A source yields `SourceRow`s (or `RowProblem`s for rows it could not even parse)
 batches: images are decoded and normalised in a thread pool, then each batch is written in one
 transaction with a savepoint per row, so a bad row is reported and skipped without leaving half a
 product behind. Running the same source twice changes nothing: products are matched by SKU and
-only rewritten when a field or the image differs.
+only rewritten when a field or the image differs. Classification values are spelt as they already
+are in the catalogue (catalog.vocabulary): "white" joins "White".
 """
 
 import csv
@@ -14,7 +15,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +25,7 @@ from django.db import DatabaseError, transaction
 
 from .images import NormalisedImage, normalise_image
 from .models import Product, ProductImage
+from .vocabulary import Vocabulary
 
 SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -71,6 +73,7 @@ def import_products(
     started = time.monotonic()
     report = ImportReport()
     seen_skus: dict[str, int] = {}
+    vocabulary = Vocabulary.in_use()
     iterator = iter(rows)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while batch := list(islice(iterator, batch_size)):
@@ -86,7 +89,7 @@ def import_products(
                     on_row()
                 else:
                     seen_skus[row.sku] = row.line
-                    source_rows.append(row)
+                    source_rows.append(replace(row, fields=vocabulary.normalise(row.fields)))
             images = list(pool.map(_normalised_image_or_problem, source_rows))
             _write_batch(source_rows, images, report, on_row)
     report.seconds = time.monotonic() - started
