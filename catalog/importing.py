@@ -6,6 +6,9 @@ transaction with a savepoint per row, so a bad row is reported and skipped witho
 product behind. Running the same source twice changes nothing: products are matched by SKU and
 only rewritten when a field or the image differs. Classification values are spelt as they already
 are in the catalogue (catalog.vocabulary): "white" joins "White".
+
+The pieces (reading a styles.csv, a product's fields, an extra photo, the savepoint per row) are also
+what the admin's bulk upload (catalog.bulk_upload) is made of.
 """
 
 import csv
@@ -15,10 +18,12 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from itertools import islice
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO, TypeVar
 
 from django.core.exceptions import ValidationError
 from django.db import DatabaseError, transaction
@@ -31,11 +36,18 @@ SKU_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
-class SourceRow:
+class ProductRow:
     line: int  # where the row came from, for the report
     sku: str
     fields: dict[str, object]  # Product field values: name, gender, article_type, year...
+
+
+@dataclass(frozen=True)
+class SourceRow(ProductRow):
     open_image: Callable[[], BinaryIO]
+
+
+Row = TypeVar("Row", bound=ProductRow)
 
 
 @dataclass(frozen=True)
@@ -72,9 +84,8 @@ def import_products(
 ) -> ImportReport:
     started = time.monotonic()
     report = ImportReport()
-    seen_skus: dict[str, int] = {}
     vocabulary = Vocabulary.in_use()
-    iterator = iter(rows)
+    iterator = without_duplicate_skus(rows)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while batch := list(islice(iterator, batch_size)):
             source_rows = []
@@ -82,23 +93,30 @@ def import_products(
                 if isinstance(row, RowProblem):
                     report.problems.append(row)
                     on_row()
-                elif row.sku in seen_skus:
-                    report.problems.append(
-                        RowProblem(row.line, f"duplicate id {row.sku!r}, first on line {seen_skus[row.sku]}")
-                    )
-                    on_row()
                 else:
-                    seen_skus[row.sku] = row.line
                     source_rows.append(replace(row, fields=vocabulary.normalise(row.fields)))
-            images = list(pool.map(_normalised_image_or_problem, source_rows))
+            images = list(pool.map(normalised_image_or_reason, [row.open_image for row in source_rows]))
             _write_batch(source_rows, images, report, on_row)
     report.seconds = time.monotonic() - started
     return report
 
 
-def _normalised_image_or_problem(row: SourceRow) -> NormalisedImage | str:
+def without_duplicate_skus(rows: Iterable[Row | RowProblem]) -> Iterator[Row | RowProblem]:
+    """The rows, with each later row of an id already seen turned into a RowProblem."""
+    seen_skus: dict[str, int] = {}
+    for row in rows:
+        if isinstance(row, ProductRow):
+            if row.sku in seen_skus:
+                yield RowProblem(row.line, f"duplicate id {row.sku!r}, first on line {seen_skus[row.sku]}")
+                continue
+            seen_skus[row.sku] = row.line
+        yield row
+
+
+def normalised_image_or_reason(open_image: Callable[[], BinaryIO]) -> NormalisedImage | str:
+    """The image as we store it, or why it cannot be used."""
     try:
-        with row.open_image() as file:
+        with open_image() as file:
             return normalise_image(file)
     except FileNotFoundError as exc:
         return f"image file {exc.filename} is missing"
@@ -119,19 +137,48 @@ def _write_batch(rows: list[SourceRow], images: list, report: ImportReport, on_r
                 report.problems.append(RowProblem(row.line, image))
                 continue
             try:
-                with transaction.atomic():
+                with row_savepoint():
                     outcome = _upsert(row, image, existing.get(row.sku))
-            except ValidationError as exc:
-                report.problems.append(RowProblem(row.line, _describe(exc)))
-                continue
-            except DatabaseError as exc:
-                report.problems.append(RowProblem(row.line, f"database refused the row: {exc}".strip()))
+            except RowRefused as refused:
+                report.problems.append(RowProblem(row.line, refused.reason))
                 continue
             setattr(report, outcome, getattr(report, outcome) + 1)
 
 
+class RowRefused(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@contextmanager
+def row_savepoint():
+    """One row's writes in a savepoint: an invalid value or a write the database refuses rolls back that row
+    alone and raises RowRefused with the reason."""
+    try:
+        with transaction.atomic():
+            yield
+    except ValidationError as exc:
+        raise RowRefused(_describe(exc)) from exc
+    except DatabaseError as exc:
+        raise RowRefused(f"database refused the row: {exc}".strip()) from exc
+
+
 def _upsert(row: SourceRow, image: NormalisedImage, product: Product | None) -> str:
     """Create or update one product and its primary image; returns which of the report's counters to bump."""
+    product, outcome = upsert_product(row, product)
+    primary = product.primary_image if outcome != "created" else None
+    if primary is None or primary.checksum != image.checksum:
+        primary = primary or ProductImage(product=product, position=0)
+        primary.image = image.as_file(row.sku)
+        primary.save()
+        outcome = "created" if outcome == "created" else "updated"
+    return outcome
+
+
+def upsert_product(row: ProductRow, product: Product | None) -> tuple[Product, str]:
+    """Create the product of `row`, or give an existing one the row's field values; returns the product and
+    "created", "updated" or "unchanged" (nothing is written then)."""
     outcome = "unchanged"
     if product is None:
         product = Product(sku=row.sku, **row.fields)
@@ -143,14 +190,20 @@ def _upsert(row: SourceRow, image: NormalisedImage, product: Product | None) -> 
     if outcome != "unchanged":
         product.clean_fields(exclude=["slug"])
         product.save()
+    return product, outcome
 
-    primary = product.primary_image if outcome != "created" else None
-    if primary is None or primary.checksum != image.checksum:
-        primary = primary or ProductImage(product=product, position=0)
-        primary.image = image.as_file(row.sku)
-        primary.save()
-        outcome = "created" if outcome == "created" else "updated"
-    return outcome
+
+def add_photo(product: Product, image: NormalisedImage) -> tuple[ProductImage, bool]:
+    """Give the product `image` as its next photo; returns the photo and True, or the product's identical
+    photo and False when it already has this image."""
+    photos = list(product.images.all())
+    for photo in photos:
+        if photo.checksum == image.checksum:
+            return photo, False
+    position = max((photo.position for photo in photos), default=-1) + 1
+    photo = ProductImage(product=product, position=position, image=image.as_file(product.sku))
+    photo.save()
+    return photo, True
 
 
 def _describe(error: ValidationError) -> str:
@@ -180,26 +233,37 @@ def kaggle_rows(folder: Path, limit: int | None = None) -> Iterator[SourceRow | 
     styles = folder / "styles.csv"
     # Undecodable bytes become lone surrogates, so that only their own row is rejected (by _kaggle_row).
     with styles.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        missing = set(KAGGLE_COLUMNS) - set(header or [])
-        if missing:
-            raise ValueError(f"{styles} lacks the columns {', '.join(sorted(missing))}")
-        count = 0
-        while limit is None or count < limit:
-            line = reader.line_num + 1
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as exc:  # the reader carries on with the next line
-                yield RowProblem(line, f"cannot be read as CSV: {exc}")
+        for row in read_styles(handle, str(styles), limit):
+            if isinstance(row, RowProblem):
+                yield row
             else:
-                yield _kaggle_row(folder, header, values, line)
-            count += 1
+                opener = partial(_open_image, folder / "images", f"{row.sku}.jpg")
+                yield SourceRow(line=row.line, sku=row.sku, fields=row.fields, open_image=opener)
 
 
-def _kaggle_row(folder: Path, header: list[str], values: list[str], line: int) -> SourceRow | RowProblem:
+def read_styles(handle: TextIO, name: str, limit: int | None = None) -> Iterator[ProductRow | RowProblem]:
+    """The rows of a CSV in the Kaggle styles.csv layout (`name` says which file, in errors). Raises ValueError
+    when the header lacks a column; open the file with newline="" and errors="surrogateescape"."""
+    reader = csv.reader(handle)
+    header = next(reader, None)
+    missing = set(KAGGLE_COLUMNS) - set(header or [])
+    if missing:
+        raise ValueError(f"{name} lacks the columns {', '.join(sorted(missing))}")
+    count = 0
+    while limit is None or count < limit:
+        line = reader.line_num + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # the reader carries on with the next line
+            yield RowProblem(line, f"cannot be read as CSV: {exc}")
+        else:
+            yield _kaggle_row(header, values, line)
+        count += 1
+
+
+def _kaggle_row(header: list[str], values: list[str], line: int) -> ProductRow | RowProblem:
     if len(values) > len(header) and header[-1] == "productDisplayName":
         # The public styles.csv has unquoted commas in some display names; they belong to the name.
         values = values[: len(header) - 1] + [",".join(values[len(header) - 1 :])]
@@ -219,7 +283,7 @@ def _kaggle_row(folder: Path, header: list[str], values: list[str], line: int) -
     if year and not (year.isdigit() and 1900 <= int(year) <= 2100):
         return RowProblem(line, f"year {year!r} is not a year")
     record["year"] = int(year) if year else None
-    return SourceRow(line=line, sku=sku, fields=record, open_image=lambda: _open_image(folder / "images", f"{sku}.jpg"))
+    return ProductRow(line=line, sku=sku, fields=record)
 
 
 def _open_image(images: Path, name: str) -> BinaryIO:

@@ -1,12 +1,16 @@
 import hashlib
 import uuid
+from datetime import timedelta
+from pathlib import Path
 
+from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector, SearchVectorField
 from django.db import models
-from django.db.models import F, Prefetch
+from django.db.models import Count, F, Prefetch, Q
 from django.db.models.functions import Lower
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.text import slugify
 
 from .colours import colour_family, colours_in_family
@@ -134,3 +138,113 @@ class ProductImage(models.Model):
         if not self.image._committed:
             self.checksum = getattr(self.image.file, "checksum", None) or _sha256(self.image)
         super().save(*args, **kwargs)
+
+
+class BulkUploadQuerySet(models.QuerySet):
+    def stalled(self):
+        """Batches marked running whose processor has not been heard of for BULK_UPLOAD_STALE_SECONDS: it died."""
+        heard_of = timezone.now() - timedelta(seconds=settings.BULK_UPLOAD_STALE_SECONDS)
+        return self.filter(status=BulkUpload.Status.RUNNING, updated_at__lt=heard_of)
+
+    def claimable(self):
+        """Batches nobody is processing: waiting, failed or stalled."""
+        waiting_or_failed = self.filter(status__in=[BulkUpload.Status.WAITING, BulkUpload.Status.FAILED])
+        return waiting_or_failed | self.stalled()
+
+    def never_queued(self, older_than: timedelta):
+        """Waiting batches that did not reach the task queue (it was down) and are not just being started."""
+        return self.filter(
+            status=BulkUpload.Status.WAITING, queued_at__isnull=True, created_at__lt=timezone.now() - older_than
+        )
+
+    def with_counts(self):
+        """Each batch with its number of entries, of photos, and of entries per outcome (`<outcome>_count`)."""
+        return self.annotate(
+            entry_count=Count("entries"),
+            photo_count=Count("entries", filter=~Q(entries__file_name="")),
+            **{
+                f"{outcome}_count": Count("entries", filter=Q(entries__outcome=outcome))
+                for outcome in BulkUploadEntry.Outcome.values
+            },
+        )
+
+
+class BulkUpload(models.Model):
+    """Photos (and optionally a CSV in the import layout) dropped on the admin's bulk upload page at once;
+    catalog.bulk_upload turns them into products. Its entries are the work to do and the report."""
+
+    class Status(models.TextChoices):
+        WAITING = "waiting", "Waiting"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
+    csv_name = models.CharField("CSV file", max_length=255, blank=True)
+    error = models.TextField(blank=True, help_text="Why the last run stopped.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    # Moved on by every processed entry: a running batch whose updated_at stops moving has lost its processor.
+    updated_at = models.DateTimeField(auto_now=True)
+    queued_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = BulkUploadQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return f"Bulk upload {self.pk}"
+
+    def get_absolute_url(self):
+        return reverse("admin:catalog_bulkupload_change", args=[self.pk])
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where its photos wait to be processed (private, not media)."""
+        return Path(settings.BULK_UPLOAD_DIR) / str(self.pk)
+
+    @property
+    def is_stalled(self) -> bool:
+        return BulkUpload.objects.stalled().filter(pk=self.pk).exists()
+
+
+class BulkUploadEntryQuerySet(models.QuerySet):
+    def pending(self):
+        return self.filter(outcome=BulkUploadEntry.Outcome.PENDING)
+
+
+class BulkUploadEntry(models.Model):
+    """One line of a bulk upload's report: a photo, or a CSV row that came with no photo (or could not be read)."""
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CREATED = "created", "Product created"
+        ADDED = "added", "Photo added"
+        UPDATED = "updated", "Product updated"
+        UNCHANGED = "unchanged", "Unchanged"
+        SKIPPED = "skipped", "Skipped"
+
+    batch = models.ForeignKey(BulkUpload, on_delete=models.CASCADE, related_name="entries")
+    position = models.PositiveIntegerField(help_text="Order of work and report: photos by file name, then CSV rows.")
+    file_name = models.CharField(max_length=255, blank=True, help_text="The photo's name as uploaded.")
+    csv_line = models.PositiveIntegerField("CSV line", null=True, blank=True)
+    sku = models.CharField("SKU", max_length=64, blank=True)
+    fields = models.JSONField(default=dict, blank=True, help_text="The product's values from its CSV row, as read.")
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.PENDING)
+    product = models.ForeignKey(Product, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    message = models.TextField(blank=True)
+
+    objects = BulkUploadEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["batch", "position"]
+        constraints = [models.UniqueConstraint(fields=["batch", "position"], name="bulk_upload_entry_position")]
+        verbose_name_plural = "bulk upload entries"
+
+    def __str__(self):
+        return self.file_name or f"CSV line {self.csv_line}"

@@ -123,3 +123,16 @@ def merge_spellings(field: str, spellings: list[str], into: str) -> int:
         raise ValueError(f"{', '.join(map(repr, spellings))} and {into!r} are not spellings of one value")
     products = Product.objects.filter(**{f"{field}__in": spellings}).exclude(**{field: into})
     return products.update(**{field: into, "updated_at": timezone.now()})
+
+
+def respell_near_duplicates(products, field: str | None = None) -> list[tuple[SpellingGroup, int]]:
+    """Give `products` the most common spelling of each value spelt more than one way in the catalogue
+    (in one field, or all); returns each group with how many of `products` changed."""
+    merged = []
+    for group in Vocabulary.in_use().near_duplicates(field):
+        others = [value for value, _ in group.spellings[1:]]
+        changed = products.filter(**{f"{group.field}__in": others}).update(
+            **{group.field: group.preferred, "updated_at": timezone.now()}
+        )
+        merged.append((group, changed))
+    return merged

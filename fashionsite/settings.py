@@ -165,7 +165,7 @@ CATALOG_PAGE_SIZE = env_int("CATALOG_PAGE_SIZE", 24)
 # by the image validator above.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # larger files are streamed to a temporary file
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440  # form fields other than files
-DATA_UPLOAD_MAX_NUMBER_FILES = 20
+UPLOAD_MAX_FILES = 20  # files in one request; the bulk upload's own limit is BULK_UPLOAD_MAX_FILES, below
 
 # Visual recommender.
 EMBEDDING_BACKBONE = env_str("EMBEDDING_BACKBONE", "efficientnet_lite2")
@@ -281,6 +281,35 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": EMBEDDING_TRAIN_CHECK_SECONDS,
     },
 }
+
+# Bulk photo upload in admin (catalog/bulk_upload.py): staff drop up to BULK_UPLOAD_MAX_FILES photos, and
+# optionally a CSV in the import layout of at most BULK_UPLOAD_MAX_CSV_ROWS rows, in one request of at most
+# BULK_UPLOAD_MAX_BYTES. Batches of up to BULK_UPLOAD_INLINE_MAX_FILES photos and rows are processed in the
+# request, larger ones by a Celery worker (default queue, "celery"). Photos wait in BULK_UPLOAD_DIR (private,
+# shared by web and worker) until their batch is done. A running batch not heard of for
+# BULK_UPLOAD_STALE_SECONDS lost its worker; beat resumes it, and queues batches that met a stopped queue.
+BULK_UPLOAD_MAX_FILES_CAP = 1000  # every photo of a request is an open file while Django reads it
+BULK_UPLOAD_MAX_FILES = env_int("BULK_UPLOAD_MAX_FILES", 500)
+if not 1 <= BULK_UPLOAD_MAX_FILES <= BULK_UPLOAD_MAX_FILES_CAP:
+    raise ImproperlyConfigured(f"BULK_UPLOAD_MAX_FILES must be between 1 and {BULK_UPLOAD_MAX_FILES_CAP}.")
+BULK_UPLOAD_MAX_BYTES = env_int("BULK_UPLOAD_MAX_BYTES", 1024 * 1024 * 1024)
+BULK_UPLOAD_MAX_CSV_ROWS = env_int("BULK_UPLOAD_MAX_CSV_ROWS", 5000)
+BULK_UPLOAD_INLINE_MAX_FILES = env_int("BULK_UPLOAD_INLINE_MAX_FILES", 10)
+BULK_UPLOAD_DIR = Path(env_str("BULK_UPLOAD_DIR", str(DATA_DIR / "bulk-uploads")))
+BULK_UPLOAD_STALE_SECONDS = env_int("BULK_UPLOAD_STALE_SECONDS", 120)
+BULK_UPLOAD_RESUME_SECONDS = env_int("BULK_UPLOAD_RESUME_SECONDS", 60)
+CELERY_BEAT_SCHEDULE["resume-bulk-uploads"] = {
+    "task": "catalog.tasks.resume_bulk_uploads",
+    "schedule": BULK_UPLOAD_RESUME_SECONDS,
+}
+# Django's limit on files per request is one number for every view: it admits a bulk upload, and the
+# first upload handler holds every other request to UPLOAD_MAX_FILES (the bulk upload view raises its limit).
+DATA_UPLOAD_MAX_NUMBER_FILES = BULK_UPLOAD_MAX_FILES + 1  # the photos and the CSV
+FILE_UPLOAD_HANDLERS = [
+    "catalog.bulk_upload.FileCountLimit",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 # HTTPS hardening is on whenever debug is off; the local demo turns it off with DJANGO_HTTPS=0.
 HTTPS = env_bool("DJANGO_HTTPS", not DEBUG)

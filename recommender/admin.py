@@ -1,10 +1,20 @@
+from django import forms
 from django.contrib import admin, messages
-from django.http import HttpResponseRedirect
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseBadRequest, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
+
+from catalog.admin import ProductAdmin
+from catalog.models import Product
 
 from .active import active_backbone
+from .encoding.backbones import Backbone
 from .models import EmbeddingModel, ImageEmbedding
+from .product_panel import EmbeddingState, product_panel, re_embed_photo, with_primary_photo_state
 from .status import recommender_status
 from .tasks import activate_model_task, queue_embeddings, rebuild_index, train_embedding_task
 
@@ -178,3 +188,101 @@ class EmbeddingModelAdmin(admin.ModelAdmin):
                 "Training queued: a new model appears here in about 15 minutes.",
             )
         return HttpResponseRedirect(reverse("admin:recommender_embeddingmodel_changelist"))
+
+
+class PrimaryPhotoStateFilter(admin.SimpleListFilter):
+    title = "photo embedding"
+    parameter_name = "photo_embedding"
+
+    def lookups(self, request, model_admin):
+        return EmbeddingState.choices
+
+    def queryset(self, request, queryset):
+        return queryset.filter(primary_photo_state=self.value()) if self.value() else queryset
+
+
+# The catalogue knows nothing of the recommender (import-linter checks it), so the recommender
+# registers the product admin anew: the catalogue's, plus its own view of each product.
+admin.site.unregister(Product)
+
+
+@admin.register(Product)
+class ProductWithRecommenderAdmin(ProductAdmin):
+    list_display = (*ProductAdmin.list_display, "photo_embedding")
+    list_filter = (*ProductAdmin.list_filter, PrimaryPhotoStateFilter)
+    change_form_template = "admin/recommender/product/change_form.html"
+
+    class Media:
+        css = {"all": ["css/admin-recommender.css"]}
+
+    def get_queryset(self, request):
+        return with_primary_photo_state(super().get_queryset(request), self.active_backbone(request))
+
+    def active_backbone(self, request) -> Backbone:
+        """Looked up once per request: the changelist's filters each ask for the queryset."""
+        if not hasattr(request, "recommender_backbone"):
+            request.recommender_backbone = active_backbone()
+        return request.recommender_backbone
+
+    @admin.display(description="Embedding", ordering="primary_photo_state")
+    def photo_embedding(self, product: Product):
+        state = EmbeddingState(product.primary_photo_state)
+        return format_html('<span class="embedding-state embedding-state--{}">{}</span>', state.value, state.label)
+
+    def get_urls(self):
+        info = f"{self.opts.app_label}_{self.opts.model_name}"
+        panel = self.admin_site.admin_view(self.recommender_panel_view)
+        re_embed = self.admin_site.admin_view(require_POST(self.re_embed_view))
+        return [  # before the catalogue's own, whose "<object_id>/" would take these paths
+            path("<path:object_id>/recommender-panel/", panel, name=f"{info}_recommender_panel"),
+            path("<path:object_id>/re-embed/", re_embed, name=f"{info}_re_embed"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        product = self.get_object(request, unquote(object_id))
+        if product is not None:
+            extra_context = {**(extra_context or {}), **self.recommender_panel_context(request, product)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def recommender_panel_context(self, request, product: Product) -> dict:
+        return {
+            "recommender_panel": product_panel(product, self.active_backbone(request)),
+            "recommender_can_re_embed": self.has_change_permission(request, product),
+        }
+
+    def recommender_panel_view(self, request, object_id):
+        """The panel's HTML alone, which the change page's script fetches while a photo is pending."""
+        product = self._product_or_404(request, object_id)
+        if not self.has_view_or_change_permission(request, product):
+            raise PermissionDenied
+        context = self.recommender_panel_context(request, product)
+        return TemplateResponse(request, "admin/recommender/product/panel.html", context)
+
+    def re_embed_view(self, request, object_id):
+        product = self._product_or_404(request, object_id)
+        if not self.has_change_permission(request, product):
+            raise PermissionDenied
+        try:
+            image = forms.ModelChoiceField(product.images.all()).clean(request.POST.get("image"))
+        except ValidationError:
+            return HttpResponseBadRequest("No such photo of this product.")
+        if re_embed_photo(image, self.active_backbone(request)):
+            self.message_user(
+                request, "The photo is queued for embedding; the panel below updates when it is done.", messages.SUCCESS
+            )
+        else:
+            self.message_user(
+                request,
+                "The task queue is unreachable, so the photo could not be queued now. Nothing is lost: "
+                "the periodic sweep embeds it once the queue is back.",
+                messages.WARNING,
+            )
+        change_url = reverse("admin:catalog_product_change", args=[product.pk])
+        return HttpResponseRedirect(f"{change_url}#recommender-panel")
+
+    def _product_or_404(self, request, object_id) -> Product:
+        product = self.get_object(request, unquote(object_id))
+        if product is None:
+            raise Http404("No such product.")
+        return product

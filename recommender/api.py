@@ -18,7 +18,7 @@ from fashionsite.throttling import retry_after
 
 from .active import active_backbone
 from .encoding.embedder import EmbedderBusy
-from .forms import MAX_RESULTS, UNKNOWN_COLOUR, refuse_upload
+from .forms import MAX_RESULTS, UNKNOWN_COLOUR, refuse_photo_upload
 from .retrieval import Neighbour, index_in_use
 from .similar import similar_products
 from .timing import record_timing
@@ -289,7 +289,7 @@ SEARCH_BODY = {
 )
 def search(request):
     """Multipart upload of a photo; the photo is not kept."""
-    refusal = refuse_upload(request)
+    refusal = refuse_photo_upload(request)
     if refusal:
         raise ApiError(refusal.status, refusal.code, refusal.message)
     throttle(request, PHOTO_SEARCH_GROUP, settings.VISUAL_SEARCH_RATE_LIMIT)

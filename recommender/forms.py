@@ -1,21 +1,16 @@
-import logging
-from dataclasses import dataclass
-
 from django import forms
 from django.conf import settings
-from django.core.exceptions import SuspiciousOperation
-from django.http.multipartparser import MultiPartParserError
 from django.template.defaultfilters import filesizeformat
 
 from catalog.colours import family_label
 from catalog.fields import ImageUploadField
 from catalog.models import Product
+from catalog.uploads import UploadRefusal, refuse_upload
 
 from .encoding.garment import Box, InvalidBox
 
 MAX_RESULTS = 50
 UNKNOWN_COLOUR = "There is no colour '%(value)s' in the catalogue."
-logger = logging.getLogger(__name__)
 
 
 def _choices(field: str, label: str) -> list[tuple[str, str]]:
@@ -94,28 +89,13 @@ class VisualSearchForm(forms.Form):
         return filesizeformat(settings.IMAGE_UPLOAD_MAX_BYTES)
 
 
-@dataclass(frozen=True)
-class UploadRefusal:
-    status: int
-    code: str
-    message: str
-
-
-def refuse_upload(request) -> UploadRefusal | None:
-    """Why an upload request is refused before its form is used: too large by its Content-Length
-    (checked before Django reads the body), of unknown length, or not a readable form."""
-    if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-        return UploadRefusal(411, "length_required", "Send the photo with a Content-Length (not chunked).")
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > settings.IMAGE_UPLOAD_MAX_BYTES + 64 * 1024:  # room for the multipart envelope
-        limit = filesizeformat(settings.IMAGE_UPLOAD_MAX_BYTES)
-        return UploadRefusal(400, "too_large", f"The file is larger than the limit of {limit}.")
-    try:
-        _ = request.FILES  # parses the body once (form fields too); the request keeps the result
-    except (MultiPartParserError, SuspiciousOperation) as exc:
-        logger.info("Unreadable upload: %s", exc)
-        return UploadRefusal(400, "invalid_body", "The request is not a form with a photo we can read.")
-    return None
+def refuse_photo_upload(request) -> UploadRefusal | None:
+    """A search request refused before its form is used (catalog.uploads): the body is read only
+    when its Content-Length fits a photo."""
+    limit = filesizeformat(settings.IMAGE_UPLOAD_MAX_BYTES)
+    return refuse_upload(
+        request,
+        max_bytes=settings.IMAGE_UPLOAD_MAX_BYTES + 64 * 1024,  # room for the multipart envelope
+        too_large=f"The file is larger than the limit of {limit}.",
+        too_many_files="Send one photo.",
+    )

@@ -14,7 +14,7 @@ from fashionsite.throttling import retry_after, too_many_requests_page
 from .active import active_backbone
 from .encoding.backbones import Backbone
 from .encoding.embedder import EmbedderBusy
-from .forms import VisualSearchForm, refuse_upload
+from .forms import VisualSearchForm, refuse_photo_upload
 from .similar import VisualSearchResult, search_by_photo
 from .timing import record_timing
 
@@ -25,7 +25,7 @@ BUSY_RETRY_SECONDS = 5
 
 @dataclass
 class PhotoSearch:
-    """One search-by-photo request whose body was accepted (see refuse_upload), as the page and the
+    """One search-by-photo request whose body was accepted (see refuse_photo_upload), as the page and the
     API both handle it."""
 
     form: VisualSearchForm
@@ -53,14 +53,14 @@ class PhotoSearch:
         return cls(form, result)
 
 
-# CSRF is checked by _search_page, after refuse_upload: an oversized body is refused unread.
+# CSRF is checked by _search_page, after refuse_photo_upload: an oversized body is refused unread.
 @csrf_exempt
 @require_http_methods(["GET", "POST"])
 def visual_search(request):
     """Upload a photo, see the five products that look most like it."""
     if request.method == "GET":
         return _page(request, VisualSearchForm())
-    refusal = refuse_upload(request)
+    refusal = refuse_photo_upload(request)
     if refusal:
         return _page(request, VisualSearchForm(), errors=[refusal.message], status=refusal.status)
     return _search_page(request)

@@ -82,3 +82,15 @@ def unit_vectors(count: int, dimension: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     vectors = rng.normal(size=(count, dimension)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+STAFF_USERNAME, STAFF_PASSWORD = "staff", "a-long-password"
+
+
+def log_in_to_admin(page, admin_url: str) -> None:
+    """Sign a Playwright page in to the admin as the browser tests' superuser (their `admin_url` fixture)."""
+    page.goto(admin_url)
+    page.fill("#id_username", STAFF_USERNAME)
+    page.fill("#id_password", STAFF_PASSWORD)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Log in").click()

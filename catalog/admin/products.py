@@ -7,7 +7,7 @@ from django.utils.html import format_html
 
 from ..forms import ProductForm
 from ..models import Product, ProductImage
-from ..vocabulary import CLASSIFICATION_FIELDS, Vocabulary, field_label, merge_spellings
+from ..vocabulary import CLASSIFICATION_FIELDS, Vocabulary, field_label, merge_spellings, respell_near_duplicates
 
 
 def _image_tag(product_image: ProductImage | None, size: int):
@@ -41,6 +41,7 @@ class ProductImageInline(admin.TabularInline):
 @admin.register(Product)
 class ProductAdmin(admin.ModelAdmin):
     form = ProductForm
+    actions = ["respell_values"]
     list_display = ("thumbnail", "name", "sku", "article_type", "gender", "base_colour", "season", "year")
     list_display_links = ("thumbnail", "name")
     search_fields = ("name", "sku")
@@ -57,6 +58,15 @@ class ProductAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ["css/admin.css"]}
+
+    @admin.action(description="Respell the selected products' classification values as most products spell them")
+    def respell_values(self, request, queryset):
+        merged = [(group, changed) for group, changed in respell_near_duplicates(queryset) if changed]
+        for group, changed in merged:
+            summary = f"{field_label(group.field)}: {changed} products now say “{group.preferred}”."
+            self.message_user(request, summary, messages.SUCCESS)
+        if not merged:
+            self.message_user(request, "The selected products already use the common spellings.", messages.INFO)
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

@@ -27,12 +27,5 @@
 
   input.addEventListener("change", () => show(input.files[0]));
   camera.addEventListener("change", () => camera.files.length && use(camera.files));
-  ["dragenter", "dragover"].forEach((name) =>
-    zone.addEventListener(name, (event) => { event.preventDefault(); zone.classList.add("is-dragging"); }));
-  ["dragleave", "drop"].forEach((name) =>
-    zone.addEventListener(name, () => zone.classList.remove("is-dragging")));
-  zone.addEventListener("drop", (event) => {
-    event.preventDefault();
-    if (event.dataTransfer.files.length) use(event.dataTransfer.files);
-  });
+  window.dropZone(zone, use);
 })();

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.helpers import DATASET, ROOT
+from tests.helpers import DATASET, ROOT, STAFF_PASSWORD, STAFF_USERNAME
 
 # Playwright's sync API keeps an event loop in this thread; the test's own database calls are
 # still synchronous, so Django's async-safety check would misfire.
@@ -17,9 +17,10 @@ CHROMIUM = os.environ.get("CHROMIUM", shutil.which("chromium") or "/usr/bin/chro
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"  # from package-lock.json (bin/setup runs npm ci)
 
-# Every rule axe-core runs by default; each violation with the elements it was found on.
-RUN_AXE = """async () => {
-  const results = await axe.run(document, { resultTypes: ["violations"] });
+# Every rule axe-core runs by default, on the page or the part of it given; each violation with the
+# elements it was found on.
+RUN_AXE = """async (include) => {
+  const results = await axe.run(include ? { include: [include] } : document, { resultTypes: ["violations"] });
   return results.violations.map((v) => ({
     id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((node) => node.target.join(" ")),
   }));
@@ -85,10 +86,12 @@ def assert_accessible(axe_source):
     inline scripts, and DevTools evaluation is not subject to it, so the page is checked under the
     policy shoppers get."""
 
-    def check(page) -> None:
+    def check(page, include: str | None = None) -> None:
         if not page.evaluate("() => 'axe' in window"):
             page.evaluate(axe_source)
-        violations = page.evaluate(RUN_AXE)
+        violations = page.evaluate(RUN_AXE, include)
+        # axe adds a <style> of its own, which the policy rightly blocks: not the page's violation
+        page.evaluate("() => { if (window.__cspViolations) window.__cspViolations = []; }")
         lines = []
         for violation in violations:
             lines.append(f"{violation['id']} ({violation['impact']}): {violation['help']}")
@@ -99,6 +102,33 @@ def assert_accessible(axe_source):
         assert not violations, "\n".join([summary, *lines])
 
     return check
+
+
+RECORD_CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  window.__cspViolations.push(`${event.effectiveDirective} blocked ${event.blockedURI || "inline"}`);
+}, true);
+"""
+
+
+@pytest.fixture
+def csp_violations(page):
+    """Call it for what the Content-Security-Policy blocked on the current page so far."""
+    page.add_init_script(RECORD_CSP_VIOLATIONS)
+
+    def blocked() -> list[str]:
+        page.wait_for_load_state("networkidle")
+        return page.evaluate("window.__cspViolations")
+
+    return blocked
+
+
+@pytest.fixture
+def admin_url(live_server, django_user_model) -> str:
+    """The admin of a live server, with a superuser that tests.helpers.log_in_to_admin signs in."""
+    django_user_model.objects.create_superuser(STAFF_USERNAME, "staff@example.com", STAFF_PASSWORD)
+    return live_server.url + "/admin/"
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import pytest
 from playwright.sync_api import expect
 
 from catalog.models import Product
-from tests.helpers import DATASET
+from tests.helpers import DATASET, log_in_to_admin
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -13,16 +13,12 @@ FITS_THE_WINDOW = "() => document.documentElement.scrollWidth <= window.innerWid
 
 
 @pytest.fixture
-def admin_page(browser, catalogue, live_server, django_user_model):
-    django_user_model.objects.create_superuser("admin", "admin@example.com", "a-long-password")
+def admin_page(browser, catalogue, admin_url):
+    """Staff signed in on a common laptop screen."""
     context = browser.new_context(viewport={"width": 1366, "height": 768})
     page = context.new_page()
     page.set_default_timeout(30_000)
-    page.goto(live_server.url + "/admin/login/")
-    page.fill("#id_username", "admin")
-    page.fill("#id_password", "a-long-password")
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
+    log_in_to_admin(page, admin_url)
     yield page
     context.close()
 
@@ -62,4 +58,10 @@ def test_a_catalogue_products_change_page_fits_the_screen(admin_page, live_serve
     product = Product.objects.get(sku="10007")
     admin_page.goto(live_server.url + f"/admin/catalog/product/{product.pk}/change/")
     expect(admin_page.locator(".inline-group img.admin-thumbnail")).to_have_count(1)
+    assert admin_page.evaluate(FITS_THE_WINDOW)
+
+
+def test_the_product_list_fits_the_screen(admin_page, live_server):
+    admin_page.goto(live_server.url + "/admin/catalog/product/")
+    expect(admin_page.locator("#result_list img.admin-thumbnail")).to_have_count(50)
     assert admin_page.evaluate(FITS_THE_WINDOW)

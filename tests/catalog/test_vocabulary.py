@@ -103,7 +103,7 @@ def test_tidy_vocabulary_command_reports_then_merges():
     assert Product.objects.filter(season="summer").exists()
 
     call_command("tidy_vocabulary", "--merge", stdout=out)
-    assert "merged into “Summer”: 1 products changed" in out.getvalue()
+    assert "Season: merged into “Summer”, 1 products changed" in out.getvalue()
     assert Product.objects.filter(season="Summer").count() == 2 and Product.objects.filter(season="Winter").count() == 1
 
 
@@ -184,3 +184,17 @@ def test_staff_merge_spellings_on_the_vocabulary_page(staff_client):
     assert anonymous.get(url).status_code == 302  # to the login page
     assert anonymous.post(url, {"field": "gender", "spelling": ["men"], "into": "Men"}).status_code == 302
     assert set(Product.objects.values_list("gender", flat=True)) == {"Women", "men"}
+
+
+@pytest.mark.django_db
+def test_the_respell_action_changes_only_the_selected_products(staff_client):
+    make_products("base_colour", "Black", "Black", "black", "black")
+    first, second = Product.objects.filter(base_colour="black").order_by("pk")
+    changelist = reverse("admin:catalog_product_changelist")
+
+    response = staff_client.post(changelist, {"action": "respell_values", "_selected_action": [first.pk]}, follow=True)
+
+    assert "Base colour: 1 products now say “Black”." in response.content.decode()
+    assert sorted(Product.objects.values_list("base_colour", flat=True)) == ["Black", "Black", "Black", "black"]
+    second.refresh_from_db()
+    assert second.base_colour == "black"

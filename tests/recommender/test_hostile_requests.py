@@ -118,7 +118,7 @@ def test_chunked_and_malformed_bodies_get_clear_errors(client, catalogue):
     malformed = client.generic("POST", API_SEARCH, b"--x\r\nnot a form", content_type="multipart/form-data")
     assert malformed.status_code == 400 and error(malformed)["code"] == "invalid_body"
     page = client.generic("POST", SEARCH, b"--x\r\nnot a form", content_type="multipart/form-data")
-    assert page.status_code == 400 and "not a form with a photo" in page.content.decode()
+    assert page.status_code == 400 and "not a form with photos we can read" in page.content.decode()
 
 
 def test_a_wrong_method_and_an_unknown_api_url_answer_json(client, db):

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from catalog.vocabulary import CLASSIFICATION_FIELDS, Vocabulary, field_label, merge_spellings
+from catalog.models import Product
+from catalog.vocabulary import CLASSIFICATION_FIELDS, Vocabulary, field_label, respell_near_duplicates
 
 
 class Command(BaseCommand):
@@ -18,8 +19,9 @@ class Command(BaseCommand):
         for group in groups:
             spellings = ", ".join(f"“{value}” ({count})" for value, count in group.spellings)
             self.stdout.write(f"{field_label(group.field)}: {spellings}")
-            if merge:
-                changed = merge_spellings(group.field, [value for value, _ in group.spellings], group.preferred)
-                self.stdout.write(f"  merged into “{group.preferred}”: {changed} products changed")
+        if merge:
+            for group, changed in respell_near_duplicates(Product.objects.all(), field):
+                label = field_label(group.field)
+                self.stdout.write(f"{label}: merged into “{group.preferred}”, {changed} products changed")
         verb = "merged" if merge else "found"
         self.stdout.write(self.style.SUCCESS(f"{len(groups)} values spelt more than one way {verb}."))
