@@ -4,6 +4,7 @@ Every setting has a default that is safe for a local run; production sets
 DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS and DATABASE_URL and leaves DJANGO_DEBUG off.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -212,8 +213,20 @@ SIMILAR_ITEMS_CACHE_SECONDS = env_int("SIMILAR_ITEMS_CACHE_SECONDS", 120)
 # Where the Annoy index versions live, and how they are built and searched.
 INDEX_DIR = Path(env_str("INDEX_DIR", str(DATA_DIR / "index")))
 INDEX_TREES = env_int("INDEX_TREES", 25)
-INDEX_SEARCH_K = env_int("INDEX_SEARCH_K", 40000)  # at least; never below n_trees × candidates
+# Each build chooses the search_k at which its top 5 match exact search for this share of the top 5
+# of 200 stored vectors; INDEX_SEARCH_K serves versions built before that (never below n_trees × candidates).
+INDEX_TARGET_RECALL = float(env_str("INDEX_TARGET_RECALL", "0.995"))
+INDEX_SEARCH_K = env_int("INDEX_SEARCH_K", 40000)
 INDEX_KEEP_VERSIONS = env_int("INDEX_KEEP_VERSIONS", 2)
+# INDEX_DIR is each host's local copy. Built versions are published to the "indexes" storage
+# (STORAGES below: a folder on a filesystem every host mounts, or S3 with django-storages) and the
+# current one is recorded in PostgreSQL; every process polls for it this often (0: never).
+INDEX_SYNC_SECONDS = env_int("INDEX_SYNC_SECONDS", 10)
+STORAGES["indexes"] = {
+    "BACKEND": env_str("INDEX_STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
+    "OPTIONS": json.loads(env_str("INDEX_STORAGE_OPTIONS", "{}"))
+    or {"location": env_str("INDEX_STORAGE_DIR", str(DATA_DIR / "index-store"))},
+}
 
 REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:63799/0")
 # Shared by every web process (cached similar items); a Redis outage only makes pages compute them.

@@ -5,6 +5,7 @@ import os
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-suite-only-" + "x" * 40)
 os.environ.setdefault("DJANGO_HTTPS", "0")
+os.environ.setdefault("INDEX_SYNC_SECONDS", "0")  # tests sync explicitly; servers they start may poll
 TEST_REDIS_PORT = int(os.environ.setdefault("TEST_REDIS_PORT", "63798"))
 os.environ["REDIS_URL"] = f"redis://127.0.0.1:{TEST_REDIS_PORT}/0"
 for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):

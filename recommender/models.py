@@ -54,6 +54,13 @@ class ImageEmbeddingQuerySet(models.QuerySet):
         matrix = np.vstack(vectors) if vectors else np.zeros((0, dimension), np.float32)
         return np.array(image_ids, dtype=np.int64), matrix
 
+    def vectors_of(self, pks: list[int], dimension: int) -> np.ndarray | None:
+        """The vectors of these embeddings, in the order given; None if one of them is gone."""
+        found = dict(self.filter(pk__in=pks).values_list("pk", "vector"))
+        if len(found) != len(pks):
+            return None
+        return np.vstack([found[pk] for pk in pks]) if pks else np.zeros((0, dimension), np.float32)
+
     def missing_images(self, backbone):
         """Catalogue images with no embedding (done or failed) for this backbone of their current content."""
         current = self.filter(image=OuterRef("pk"), backbone=backbone.name, image_checksum=OuterRef("checksum"))
@@ -145,3 +152,28 @@ class EmbeddingModel(models.Model):
     def space(self) -> str:
         """The name its vectors and index are kept under (the backbone name of its embedding space)."""
         return f"trained-{self.version}"
+
+
+class IndexVersionQuerySet(models.QuerySet):
+    def current(self, space: str) -> "IndexVersion | None":
+        """The version every host serves for `space`: the newest published."""
+        return self.filter(space=space).order_by("-published_at", "-pk").first()
+
+
+class IndexVersion(models.Model):
+    """An index version published to the index storage (STORAGES["indexes"]); the database, not any
+    host's disk, says which version is current, so that every web host serves the same one."""
+
+    space = models.CharField(max_length=64, help_text="The backbone or trained model whose vectors it holds.")
+    version = models.CharField(max_length=64)
+    manifest = models.JSONField(help_text="The version's manifest: size, build time, a SHA-256 of each file.")
+    published_at = models.DateTimeField(default=timezone.now)
+
+    objects = IndexVersionQuerySet.as_manager()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["space", "version"], name="one_index_version_per_space")]
+        indexes = [models.Index(fields=["space", "-published_at"], name="index_version_newest")]
+
+    def __str__(self):
+        return f"{self.space} index {self.version}"

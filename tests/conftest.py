@@ -36,6 +36,15 @@ def index_dir(settings, tmp_path) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def index_store(settings, tmp_path) -> Path:
+    """Where index versions are published to (the "indexes" storage)."""
+    location = tmp_path / "index-store"
+    storage = {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": str(location)}}
+    settings.STORAGES = {**settings.STORAGES, "indexes": storage}
+    return location
+
+
+@pytest.fixture(autouse=True)
 def trained_model_dirs(settings, tmp_path):
     """Each test saves trained models and caches features in folders of its own."""
     settings.TRAINED_MODEL_DIR = tmp_path / "trained"
@@ -124,6 +133,7 @@ def subprocess_env(settings):
             TRAINED_MODEL_DIR=str(settings.TRAINED_MODEL_DIR),
             EMBEDDING_FEATURE_DIR=str(settings.EMBEDDING_FEATURE_DIR),
             INDEX_DIR=str(settings.INDEX_DIR),
+            INDEX_STORAGE_DIR=settings.STORAGES["indexes"]["OPTIONS"]["location"],
             PYTHONPATH=str(ROOT),
             TF_CPP_MIN_LOG_LEVEL="2",
         )

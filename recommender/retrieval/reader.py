@@ -1,8 +1,10 @@
 """Each process's view of the current index version, and of the embeddings written since it was built.
 
 A reader checks where `current` points on every search (one readlink) and loads a new version
-before letting go of the old one; a version that is missing or fails any of `load_version`'s checks
-is never used, and is tried only once.
+before letting go of the old one; while one thread loads it, the others keep searching the old
+one. A version that is missing or fails any of `load_version`'s checks is never used, and is tried
+only once. With INDEX_SYNC_SECONDS set, each reader also runs an `IndexSync` thread that keeps
+this host's copy on the version published for every host (publishing.py), and loads it there.
 """
 
 import logging
@@ -12,9 +14,11 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from django.conf import settings
 
 from ..encoding.backbones import Backbone
 from ..models import ImageEmbedding
+from .publishing import IndexSync
 from .versions import (
     DELTA_OVERLAP,
     IndexManifest,
@@ -50,7 +54,10 @@ class IndexReader:
             return loaded
         if target == self._unusable:
             return loaded
-        with self._lock:
+        # Another thread is loading: keep answering from the version in hand, if there is one.
+        if not self._lock.acquire(blocking=loaded is None):
+            return loaded
+        try:
             if self.loaded is not None and self.loaded.directory == target:
                 return self.loaded
             try:
@@ -66,6 +73,8 @@ class IndexReader:
                     "keeping the previous one" if self.loaded else "searching exactly",
                 )
             return self.loaded
+        finally:
+            self._lock.release()
 
 
 _readers: dict[str, IndexReader] = {}
@@ -75,7 +84,9 @@ _readers_lock = threading.Lock()
 def index_reader(backbone: Backbone) -> IndexReader:
     with _readers_lock:
         if backbone.name not in _readers:
-            _readers[backbone.name] = IndexReader(backbone)
+            reader = _readers[backbone.name] = IndexReader(backbone)
+            if settings.INDEX_SYNC_SECONDS > 0:
+                IndexSync(backbone, on_switch=reader.get).start(settings.INDEX_SYNC_SECONDS)
         return _readers[backbone.name]
 
 

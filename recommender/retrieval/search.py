@@ -52,10 +52,10 @@ def candidate_images(query: np.ndarray, count: int, backbone: Backbone) -> Candi
         return Candidates(image_ids, scores, len(matrix), "exact")
 
     wanted = min(count, len(index))
-    search_k = max(settings.INDEX_SEARCH_K, index.manifest.n_trees * wanted)
+    search_k = max(index.manifest.search_k or settings.INDEX_SEARCH_K, index.manifest.n_trees * wanted)
     rows = index.annoy.get_nns_by_vector(query, wanted, search_k=search_k)
     image_ids = index.image_ids[rows]
-    scores = np.asarray(index.vectors[rows]) @ query
+    scores = np.asarray(index.vectors[rows], dtype=np.float32) @ query
     recent = recent_embeddings(backbone, index.manifest.until)
     if len(recent.image_ids) or len(recent.withdrawn):
         # Embeddings newer than the index replace what it holds for the same images.
@@ -112,19 +112,27 @@ def _filtered_products(gender: str, article_type: str, colour: str) -> QuerySet 
 def _collapse_to_products(
     candidates: Candidates, k: int, exclude_product_id: int | None, products: QuerySet | None
 ) -> list[Neighbour]:
-    images = ProductImage.objects.filter(pk__in=candidates.image_ids.tolist()).select_related("product")
+    """The best image of each of the first k products among the candidates. Which product each
+    image shows is read first (two numbers a row); only the k chosen images become objects."""
+    images = ProductImage.objects.filter(pk__in=candidates.image_ids.tolist())
     if exclude_product_id is not None:
         images = images.exclude(product_id=exclude_product_id)
     if products is not None:
         images = images.filter(product__in=products)
-    by_id = {image.pk: image for image in images}
-    neighbours, seen = [], set()
+    product_of = dict(images.values_list("pk", "product_id"))
+    chosen, seen = [], set()
     for image_id, score in zip(candidates.image_ids.tolist(), candidates.scores.tolist()):
-        image = by_id.get(image_id)
-        if image is None or image.product_id in seen:
+        product_id = product_of.get(image_id)
+        if product_id is None or product_id in seen:
             continue
-        seen.add(image.product_id)
-        neighbours.append(Neighbour(image.product, image, float(score)))
-        if len(neighbours) == k:
+        seen.add(product_id)
+        chosen.append((image_id, score))
+        if len(chosen) == k:
             break
-    return neighbours
+    shown = ProductImage.objects.select_related("product").defer("product__search_document")
+    by_id = shown.in_bulk([image_id for image_id, _ in chosen])
+    return [
+        Neighbour(by_id[image_id].product, by_id[image_id], float(score))
+        for image_id, score in chosen
+        if image_id in by_id  # deleted since the first read
+    ]

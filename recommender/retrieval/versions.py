@@ -14,6 +14,9 @@ Layout under INDEX_DIR/<backbone>/:
 import hashlib
 import json
 import os
+import shutil
+import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,6 +31,13 @@ INDEX_FILE = "items.ann"
 IDS_FILE = "image_ids.npy"
 VECTORS_FILE = "vectors.npy"
 MANIFEST_FILE = "manifest.json"
+VERSION_FILES = (INDEX_FILE, IDS_FILE, VECTORS_FILE)  # what the manifest holds checksums of
+# Which files of a version were checked against the manifest's checksums, as they were (size, time):
+# a version is hashed once per host (when built, fetched or first loaded), not by every process.
+VERIFIED_FILE = ".verified.json"
+VECTOR_DTYPE = np.float16  # re-ranking 40 candidates needs no more; versions built before used float32
+# A version being written or downloaded is "<version>.partial…"; one this old was abandoned by a crash.
+ABANDONED_PARTIAL_SECONDS = 3600
 METRIC = "angular"
 # An embedding's computed_at is taken just before its transaction commits, so one may miss a
 # build's snapshot yet be older than it: the reader's delta looks this far back, and duplicates
@@ -62,6 +72,7 @@ class IndexManifest:
     build_seconds: float
     embeddings_until: str | None  # latest computed_at among the embeddings it holds
     checksums: dict[str, str] = field(default_factory=dict)
+    search_k: int | None = None  # chosen at build time for INDEX_TARGET_RECALL; older versions: INDEX_SEARCH_K
 
     def __post_init__(self) -> None:
         # A manifest comes from disk: anything odd is refused here rather than failing in every search.
@@ -75,6 +86,7 @@ class IndexManifest:
             "built_at": _is_timestamp(self.built_at),
             "build_seconds": type(self.build_seconds) in (int, float),
             "embeddings_until": self.embeddings_until is None or _is_timestamp(self.embeddings_until),
+            "search_k": self.search_k is None or _is_count(self.search_k, least=1),
             "checksums": isinstance(self.checksums, dict)
             and all(isinstance(value, str) for value in self.checksums.values()),
         }
@@ -137,6 +149,54 @@ def version_size(backbone: Backbone) -> int:
     return sum(path.stat().st_size for path in directory.iterdir())
 
 
+def fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def switch_current(backbone: Backbone, version: str) -> None:
+    link = current_link(backbone)
+    temporary = link.with_name(f".current-{uuid.uuid4().hex}")
+    os.symlink(Path("versions") / version, temporary)
+    os.replace(temporary, link)  # atomic: readers see the old or the new version, never neither
+    fsync(link.parent)
+
+
+def remove_old_versions(backbone: Backbone) -> None:
+    """Keep the newest INDEX_KEEP_VERSIONS complete versions and the current one; drop leftovers of
+    crashed builds and downloads. Processes still reading a removed version keep their open files
+    until they switch."""
+    versions = backbone_dir(backbone) / "versions"
+    current = current_version_dir(backbone)
+    complete = sorted((path for path in versions.iterdir() if ".partial" not in path.name), reverse=True)
+    keep = {path.resolve() for path in complete[: max(settings.INDEX_KEEP_VERSIONS, 1)]}
+    if current:
+        keep.add(current.resolve())
+    for path in versions.iterdir():
+        in_progress = ".partial" in path.name and time.time() - path.stat().st_mtime < ABANDONED_PARTIAL_SECONDS
+        if path.resolve() not in keep and not in_progress:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _file_stats(directory: Path) -> dict[str, list[int]]:
+    return {name: [(stat := (directory / name).stat()).st_size, stat.st_mtime_ns] for name in VERSION_FILES}
+
+
+def record_verified(directory: Path) -> None:
+    """Note that the version's files, as they are now, match its checksums."""
+    (directory / VERIFIED_FILE).write_text(json.dumps(_file_stats(directory)))
+
+
+def _verified_before(directory: Path) -> bool:
+    try:
+        return json.loads((directory / VERIFIED_FILE).read_text()) == _file_stats(directory)
+    except (OSError, ValueError):
+        return False
+
+
 def file_checksum(path: Path) -> str:
     with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
@@ -148,7 +208,7 @@ class LoadedIndex:
     manifest: IndexManifest
     annoy: object
     image_ids: np.ndarray
-    vectors: np.ndarray  # memory-mapped
+    vectors: np.ndarray  # memory-mapped, VECTOR_DTYPE
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -165,21 +225,24 @@ def load_version(directory: Path, backbone: Backbone) -> LoadedIndex:
             f"not {backbone.name} ({backbone.dimension}-d)"
         )
     try:
-        for name in (INDEX_FILE, IDS_FILE, VECTORS_FILE):
-            if file_checksum(directory / name) != manifest.checksums.get(name):
-                raise UnusableIndex(f"{directory / name} does not match its checksum")
+        if not _verified_before(directory):
+            for name in VERSION_FILES:
+                if file_checksum(directory / name) != manifest.checksums.get(name):
+                    raise UnusableIndex(f"{directory / name} does not match its checksum")
+            record_verified(directory)
         image_ids = np.load(directory / IDS_FILE, allow_pickle=False)
         vectors = np.load(directory / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
         annoy = AnnoyIndex(manifest.dimension, manifest.metric)
         annoy.load(str(directory / INDEX_FILE), prefault=False)
     except (OSError, ValueError, EOFError) as exc:  # missing or unreadable files, Annoy's own refusals
         raise UnusableIndex(f"cannot read {directory}: {exc}") from exc
-    expected = (np.int64, (manifest.items,), np.float32, (manifest.items, manifest.dimension))
-    if (image_ids.dtype, image_ids.shape, vectors.dtype, vectors.shape) != expected:
+    expected = (np.int64, (manifest.items,), (manifest.items, manifest.dimension))
+    if (image_ids.dtype, image_ids.shape, vectors.shape) != expected or vectors.dtype not in (VECTOR_DTYPE, np.float32):
         raise UnusableIndex(f"{directory} holds arrays of the wrong type or shape")
     # Annoy only checks that the file size fits the dimension: compare one of its vectors too.
     if annoy.get_n_items() != manifest.items or (
-        manifest.items and not np.array_equal(np.array(annoy.get_item_vector(0), np.float32), vectors[0])
+        manifest.items
+        and not np.array_equal(np.array(annoy.get_item_vector(0), np.float32).astype(vectors.dtype), vectors[0])
     ):
         raise UnusableIndex(f"{directory / INDEX_FILE} does not hold the version's vectors")
     return LoadedIndex(directory, manifest, annoy, image_ids, vectors)

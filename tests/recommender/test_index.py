@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from django.core.management import call_command
 
 from catalog.models import ProductImage
 from recommender.encoding.backbones import get_backbone
+from recommender.models import ImageEmbedding, IndexVersion
 from recommender.retrieval import build, build_index, current_manifest, index_is_stale, nearest_products
 from recommender.retrieval.reader import IndexReader, _readers
 from recommender.retrieval.search import candidate_images
@@ -36,7 +38,52 @@ def test_build_writes_a_verified_version_and_switches_to_it(embedded_catalogue, 
     assert directory == index_dir / LITE2.name / "versions" / manifest.version
     assert set(manifest.checksums) == {"items.ann", "image_ids.npy", "vectors.npy"}
     assert json.loads((directory / "manifest.json").read_text())["version"] == manifest.version
+    vectors = np.load(directory / "vectors.npy")
+    assert vectors.dtype == np.float16
+    assert np.allclose(vectors[0], stored_vector(np.load(directory / "image_ids.npy")[0], LITE2), atol=1e-3)
     assert build_index(LITE2, force=False).reason == "up to date"
+
+
+def test_a_build_chooses_the_search_k_that_matches_exact_search(embedded_catalogue, settings):
+    from annoy import AnnoyIndex
+
+    manifest = build_index(LITE2).manifest
+    assert manifest.search_k in build.SEARCH_K_STEPS
+
+    # Clustered vectors of 20 dimensions: the loosest search_k finds less than a high target asks.
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(50, 20))
+    vectors = centres[rng.integers(0, 50, 3000)] + 0.6 * rng.normal(size=(3000, 20))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    annoy = AnnoyIndex(20, "angular")
+    for row, vector in enumerate(vectors):
+        annoy.add_item(row, vector)
+    annoy.build(2)
+    loose, strict = (build.calibrated_search_k(annoy, vectors, target) for target in (0.5, 0.999))
+    assert loose == build.SEARCH_K_STEPS[0] and strict > loose
+
+
+def test_a_version_is_hashed_once_per_host_not_by_every_process(embedded_catalogue, monkeypatch):
+    from recommender.retrieval import versions
+
+    build_index(LITE2)  # checksums computed as the files were written
+
+    def hashing(path):
+        raise AssertionError(f"{path} hashed again")
+
+    monkeypatch.setattr(versions, "file_checksum", hashing)
+    assert IndexReader(LITE2).get().manifest.items == 60
+
+
+def test_a_build_that_loses_an_embedding_midway_gives_up_cleanly(embedded_catalogue, monkeypatch, index_dir):
+    first = build_index(LITE2).manifest.version
+    monkeypatch.setattr(type(ImageEmbedding.objects.all()), "vectors_of", lambda self, pks, dimension: None)
+
+    result = build_index(LITE2, force=True)
+
+    assert (result.manifest, result.reason) == (None, "embeddings changed during the build; the next one starts afresh")
+    assert current_manifest(LITE2).version == first
+    assert [path.name for path in (index_dir / LITE2.name / "versions").iterdir()] == [first]
 
 
 def test_index_search_matches_exact_search(embedded_catalogue):
@@ -115,15 +162,21 @@ def test_a_failed_build_leaves_the_live_index_alone(embedded_catalogue, monkeypa
     assert not list((index_dir / LITE2.name / "versions").glob("*.partial"))
 
 
-def test_leftovers_and_old_versions_are_cleaned_up(embedded_catalogue, index_dir, settings):
+def test_leftovers_and_old_versions_are_cleaned_up(embedded_catalogue, index_dir, index_store, settings):
     settings.INDEX_KEEP_VERSIONS = 2
     versions = [build_index(LITE2, force=True).manifest.version for _ in range(4)]
-    stale = index_dir / LITE2.name / "versions" / "20000101T000000.000000-dead00.partial"
-    stale.mkdir()
+    abandoned = index_dir / LITE2.name / "versions" / "20000101T000000.000000-dead00.partial"
+    abandoned.mkdir()
+    os.utime(abandoned, (time.time() - 7200, time.time() - 7200))
+    downloading = index_dir / LITE2.name / "versions" / "20000101T000000.000000-beef00.partial-1a2b3c4d"
+    downloading.mkdir()  # another process's download in progress
     versions.append(build_index(LITE2, force=True).manifest.version)
 
     remaining = sorted(p.name for p in (index_dir / LITE2.name / "versions").iterdir())
-    assert remaining == sorted(versions[-2:])
+    assert remaining == sorted([*versions[-2:], downloading.name])
+    published = sorted(p.name for p in (index_store / LITE2.name).iterdir() if any(p.iterdir()))
+    assert published == sorted(versions[-2:])
+    assert list(IndexVersion.objects.order_by("published_at").values_list("version", flat=True)) == versions[-2:]
 
 
 def test_build_index_command(embedded_catalogue):

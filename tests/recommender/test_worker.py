@@ -1,5 +1,7 @@
 """The recommender with a real Redis and real `celery worker` processes (no eager mode, no mocks)."""
 
+import base64
+import json
 import re
 import time
 
@@ -97,3 +99,18 @@ def test_with_redis_down_products_are_still_added_and_embedded_once_it_is_back(
     embedding = wait_until(lambda: embedding_of(image), 90, "the sweep to get the image embedded")
     assert embedding.status == "done"
     assert ImageEmbedding.objects.filter(image=image).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_queues_its_images_in_batches(kaggle_folder, redis_server):
+    """One task per SWEEP_CHUNK images saved in a transaction, not one task per image."""
+    from catalog.importing import import_products, kaggle_rows
+    from recommender.tasks import SWEEP_CHUNK
+
+    redis_server.flush()
+    import_products(kaggle_rows(kaggle_folder), batch_size=5)  # 12 rows: transactions of 5, 5 and 2
+
+    tasks = [json.loads(message) for message in redis_server.client.lrange("embeddings", 0, -1)]
+    queued = [image_id for task in tasks for image_id in json.loads(base64.b64decode(task["body"]))[0][0]]
+    assert sorted(queued) == sorted(ProductImage.objects.values_list("pk", flat=True))
+    assert len(tasks) == 3 and SWEEP_CHUNK >= 5
