@@ -6,6 +6,7 @@ import os
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-suite-only-" + "x" * 40)
 os.environ.setdefault("DJANGO_HTTPS", "0")
 os.environ.setdefault("INDEX_SYNC_SECONDS", "0")  # tests sync explicitly; servers they start may poll
+os.environ.setdefault("RECENT_EMBEDDINGS_CHECK_SECONDS", "0")  # a test's new embedding is searchable at once
 TEST_REDIS_PORT = int(os.environ.setdefault("TEST_REDIS_PORT", "63798"))
 os.environ["REDIS_URL"] = f"redis://127.0.0.1:{TEST_REDIS_PORT}/0"
 for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):

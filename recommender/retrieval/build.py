@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from django.conf import settings
@@ -30,13 +30,16 @@ from .versions import (
     INDEX_FILE,
     MANIFEST_FILE,
     METRIC,
+    PRODUCT_IDS_FILE,
+    PROJECTION_FILE,
     VECTOR_DTYPE,
     VECTORS_FILE,
-    VERSION_FILES,
     IndexManifest,
+    Projection,
     backbone_dir,
     file_checksum,
     fsync,
+    index_candidates,
     record_verified,
     remove_old_versions,
     switch_current,
@@ -44,8 +47,26 @@ from .versions import (
 
 logger = logging.getLogger(__name__)
 BUILD_BATCH = 2000  # embeddings read from PostgreSQL at a time
-SEARCH_K_STEPS = (1000, 2000, 5000, 10_000, 20_000, 40_000, 80_000, 160_000)
-CALIBRATION_QUERIES = 200
+# search_k values tried by calibration, cheapest first (about ×1.4 apart).
+SEARCH_K_STEPS = (
+    1000,
+    1500,
+    2000,
+    3000,
+    4000,
+    6000,
+    8000,
+    12_000,
+    16_000,
+    24_000,
+    32_000,
+    48_000,
+    64_000,
+    96_000,
+    160_000,
+)
+CALIBRATION_QUERIES = 500
+PROJECTION_SAMPLE = 20_000  # vectors the projection's axes are fitted on
 
 
 @contextmanager
@@ -74,7 +95,7 @@ def index_is_stale(backbone: Backbone) -> bool:
 
 
 def _stale(manifest: IndexManifest | None, stamp: EmbeddingStamp) -> bool:
-    if manifest is None:
+    if manifest is None or not manifest.complete:
         return stamp.count > 0
     return (manifest.items, manifest.until) != (stamp.count, stamp.latest)
 
@@ -115,53 +136,63 @@ class EmbeddingsChanged(Exception):
     """An embedding the build was reading was deleted meanwhile; the next build starts afresh."""
 
 
-def _rows_as_of(backbone: Backbone, stamp: EmbeddingStamp) -> tuple[np.ndarray, np.ndarray]:
-    """(embedding pks, image ids) of the index to build, by image id."""
+def _rows_as_of(backbone: Backbone, stamp: EmbeddingStamp) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(embedding pks, image ids, product ids) of the index to build, by image id."""
     rows = ImageEmbedding.objects.for_backbone(backbone).done()
     if stamp.latest is not None:
         rows = rows.filter(computed_at__lte=stamp.latest)
-    pairs = np.array(list(rows.order_by("image_id").values_list("pk", "image_id").iterator(chunk_size=20_000)))
-    pairs = pairs.reshape(-1, 2).astype(np.int64)
-    return pairs[:, 0], pairs[:, 1]
+    rows = rows.order_by("image_id").values_list("pk", "image_id", "image__product_id")
+    table = np.array(list(rows.iterator(chunk_size=20_000)), dtype=np.int64).reshape(-1, 3)
+    return table[:, 0], table[:, 1].copy(), table[:, 2].copy()
 
 
-def _exact_top(vectors: np.ndarray, queries: np.ndarray, count: int) -> np.ndarray:
-    """Rows of the `count` best matches of each query, over the (memory-mapped) matrix in chunks."""
-    best_rows = np.zeros((len(queries), 0), np.int64)
-    best_scores = np.zeros((len(queries), 0), np.float32)
-    for start in range(0, len(vectors), 65_536):
-        scores = queries @ np.asarray(vectors[start : start + 65_536], np.float32).T
-        rows = np.broadcast_to(np.arange(start, start + scores.shape[1]), scores.shape)
-        scores, rows = np.hstack([best_scores, scores]), np.hstack([best_rows, rows])
-        keep = np.argsort(-scores, axis=1, kind="stable")[:, :count]
-        best_scores, best_rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
-    return best_rows
+class Calibration:
+    """Sample queries (stored vectors, each one's own item left out) and their exact top 5 by float32
+    cosine, as the site's exact search finds them, gathered while the build streams the vectors."""
+
+    def __init__(self, rows: np.ndarray, queries: np.ndarray):
+        self.rows, self.queries = rows, queries
+        self._best_rows = np.zeros((len(rows), 0), np.int64)
+        self._best_scores = np.zeros((len(rows), 0), np.float32)
+
+    def add(self, first_row: int, vectors: np.ndarray) -> None:
+        scores = self.queries @ vectors.T
+        rows = np.broadcast_to(np.arange(first_row, first_row + len(vectors)), scores.shape)
+        scores, rows = np.hstack([self._best_scores, scores]), np.hstack([self._best_rows, rows])
+        if scores.shape[1] > 6:  # the top 6: the query's own item and its top 5
+            keep = np.argpartition(-scores, 5, axis=1)[:, :6]
+            scores, rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
+        self._best_scores, self._best_rows = scores, rows
+
+    def search_k(self, annoy, vectors: np.ndarray, projection: Projection | None, target: float) -> int:
+        """The smallest search_k of SEARCH_K_STEPS at which the index, searched as the site searches it
+        (CANDIDATES_PER_RESULT × 5 candidates re-ranked, top 5), finds `target` of the exact top 5."""
+        if len(vectors) <= 6:
+            return SEARCH_K_STEPS[0]
+        truths = [set(best.tolist()) - {row} for row, best in zip(self.rows.tolist(), self._best_rows)]
+        wanted = target * sum(len(truth) for truth in truths)
+        for search_k in SEARCH_K_STEPS:
+            found = 0
+            for row, query, truth in zip(self.rows.tolist(), self.queries, truths):
+                candidates, _ = index_candidates(
+                    annoy, vectors, projection, query, 5 * CANDIDATES_PER_RESULT + 1, search_k
+                )
+                found += len(set(candidates[:6].tolist()) - {row} & truth)
+            if found >= wanted:
+                return search_k
+        return SEARCH_K_STEPS[-1]
 
 
-def calibrated_search_k(annoy, vectors: np.ndarray, target: float) -> int:
-    """The smallest search_k of SEARCH_K_STEPS at which the index finds what exact search finds, as the
-    site searches (CANDIDATES_PER_RESULT × 5 candidates re-ranked, top 5), for `target` of the top 5
-    of CALIBRATION_QUERIES stored vectors (each query's own item left out)."""
-    if len(vectors) <= 6:
-        return SEARCH_K_STEPS[0]
-    rows = np.random.default_rng(0).choice(len(vectors), size=min(CALIBRATION_QUERIES, len(vectors)), replace=False)
-    queries = np.asarray(vectors[rows], np.float32)
-    truths = [set(best.tolist()) - {row} for row, best in zip(rows, _exact_top(vectors, queries, 6))]
-    for search_k in SEARCH_K_STEPS:
-        found = 0
-        for row, query, truth in zip(rows, queries, truths):
-            candidates = np.array(annoy.get_nns_by_vector(query, 5 * CANDIDATES_PER_RESULT + 1, search_k=search_k))
-            scores = np.asarray(vectors[candidates], np.float32) @ query
-            top = set(candidates[np.argsort(-scores, kind="stable")[:6]].tolist()) - {row}
-            found += len(top & truth)
-        if found >= target * sum(len(truth) for truth in truths):
-            return search_k
-    return SEARCH_K_STEPS[-1]
+def projected_dimension(dimension: int) -> int | None:
+    """Annoy's dimension for a space: INDEX_PROJECTED_DIMENSION when the space has more."""
+    return settings.INDEX_PROJECTED_DIMENSION if 0 < settings.INDEX_PROJECTED_DIMENSION < dimension else None
 
 
 def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> IndexManifest:
-    """Stream the vectors from PostgreSQL in batches into Annoy's on-disk build and a float16 matrix
-    (for re-ranking), so that memory does not grow with the catalogue."""
+    """Stream the vectors from PostgreSQL in batches into the re-ranking matrix (written as a file,
+    not mapped) and Annoy's on-disk build, so that memory does not grow with the catalogue. A space
+    of more than INDEX_PROJECTED_DIMENSION dimensions is indexed on its principal axes, fitted first
+    on a sample (versions.Projection)."""
     from annoy import AnnoyIndex
 
     started = time.monotonic()
@@ -171,25 +202,37 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
     partial = versions / f"{version}.partial"
     partial.mkdir()
     try:
-        pks, image_ids = _rows_as_of(backbone, stamp)
-        annoy = AnnoyIndex(backbone.dimension, METRIC)
+        pks, image_ids, product_ids = _rows_as_of(backbone, stamp)
+        rows = _sample_rows(len(pks), CALIBRATION_QUERIES)
+        calibration = Calibration(rows, _vectors_of(pks[rows], backbone))
+        projected = projected_dimension(backbone.dimension)
+        projection = None
+        if projected:
+            projection = Projection.fit(
+                _vectors_of(pks[_sample_rows(len(pks), PROJECTION_SAMPLE)], backbone), projected
+            )
+            projection.save(partial / PROJECTION_FILE)
+        annoy = AnnoyIndex(projected or backbone.dimension, METRIC)
         annoy.on_disk_build(str(partial / INDEX_FILE))
-        vectors = np.lib.format.open_memmap(
-            partial / VECTORS_FILE, mode="w+", dtype=VECTOR_DTYPE, shape=(len(pks), backbone.dimension)
-        )
-        for start in range(0, len(pks), BUILD_BATCH):
-            batch = ImageEmbedding.objects.vectors_of(pks[start : start + BUILD_BATCH].tolist(), backbone.dimension)
-            if batch is None:
-                raise EmbeddingsChanged(f"embeddings of {backbone.name} were deleted during the build")
-            for row, vector in enumerate(batch, start):
-                annoy.add_item(row, vector)
-            vectors[start : start + len(batch)] = batch
+        with (partial / VECTORS_FILE).open("wb") as matrix:
+            header = {
+                "descr": np.dtype(VECTOR_DTYPE).str,
+                "fortran_order": False,
+                "shape": (len(pks), backbone.dimension),
+            }
+            np.lib.format.write_array_header_1_0(matrix, header)
+            for start in range(0, len(pks), BUILD_BATCH):
+                batch = _vectors_of(pks[start : start + BUILD_BATCH], backbone)
+                matrix.write(batch.astype(VECTOR_DTYPE, copy=False).tobytes())
+                calibration.add(start, batch)
+                _add_items(annoy, start, projection.apply(batch) if projection else batch)
+        vectors = np.load(partial / VECTORS_FILE, mmap_mode="r")
         annoy.build(n_trees, n_jobs=-1)  # writes the trees into the file as it goes
-        search_k = calibrated_search_k(annoy, vectors, settings.INDEX_TARGET_RECALL)
+        search_k = calibration.search_k(annoy, vectors, projection, settings.INDEX_TARGET_RECALL)
         annoy.unload()
-        vectors.flush()
         del vectors
         np.save(partial / IDS_FILE, image_ids)
+        np.save(partial / PRODUCT_IDS_FILE, product_ids)
         manifest = IndexManifest(
             version=version,
             backbone=backbone.name,
@@ -200,10 +243,11 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
             built_at=timezone.now().isoformat(),
             build_seconds=round(time.monotonic() - started, 3),
             embeddings_until=stamp.latest.isoformat() if stamp.latest else None,
-            checksums={name: file_checksum(partial / name) for name in VERSION_FILES},
             search_k=search_k,
+            projected_dimension=projected,
         )
-        record_verified(partial)
+        manifest = replace(manifest, checksums={name: file_checksum(partial / name) for name in manifest.files})
+        record_verified(partial, manifest)
         (partial / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
         for path in partial.iterdir():
             fsync(path)
@@ -214,3 +258,19 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def _sample_rows(count: int, size: int) -> np.ndarray:
+    return np.sort(np.random.default_rng(0).choice(count, size=min(size, count), replace=False))
+
+
+def _vectors_of(pks: np.ndarray, backbone: Backbone) -> np.ndarray:
+    vectors = ImageEmbedding.objects.vectors_of(pks.tolist(), backbone.dimension)
+    if vectors is None:
+        raise EmbeddingsChanged(f"embeddings of {backbone.name} were deleted during the build")
+    return vectors
+
+
+def _add_items(annoy, first_row: int, vectors: np.ndarray) -> None:
+    for row, vector in enumerate(np.asarray(vectors, np.float32).tolist(), first_row):  # lists: twice as fast as arrays
+        annoy.add_item(row, vector)

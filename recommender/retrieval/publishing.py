@@ -29,7 +29,6 @@ from ..encoding.backbones import Backbone
 from ..models import IndexVersion
 from .versions import (
     MANIFEST_FILE,
-    VERSION_FILES,
     IndexManifest,
     UnusableIndex,
     backbone_dir,
@@ -56,7 +55,7 @@ def _key(space: str, version: str, name: str) -> str:
 def publish(directory: Path, manifest: IndexManifest) -> IndexVersion:
     """Upload a complete version's files (the manifest last), then make it the current version for every host."""
     storage = index_storage()
-    for name in (*VERSION_FILES, MANIFEST_FILE):
+    for name in (*manifest.files, MANIFEST_FILE):
         key = _key(manifest.backbone, manifest.version, name)
         if storage.exists(key):  # a publication cut short before: its files may be incomplete
             storage.delete(key)
@@ -75,7 +74,7 @@ def _remove_old_publications(space: str) -> None:
     old = list(IndexVersion.objects.filter(space=space).order_by("-published_at", "-pk")[keep:])
     storage = index_storage()
     for record in old:
-        for name in (*VERSION_FILES, MANIFEST_FILE):
+        for name in (*IndexManifest(**record.manifest).files, MANIFEST_FILE):
             storage.delete(_key(space, record.version, name))
         record.delete()
 
@@ -100,7 +99,7 @@ def fetch(record: IndexVersion, backbone: Backbone) -> Path:
     partial.mkdir(parents=True)
     storage = index_storage()
     try:
-        for name in VERSION_FILES:
+        for name in manifest.files:
             digest = hashlib.sha256()
             with storage.open(_key(manifest.backbone, manifest.version, name), "rb") as source:
                 with (partial / name).open("wb") as target:
@@ -112,7 +111,7 @@ def fetch(record: IndexVersion, backbone: Backbone) -> Path:
         (partial / MANIFEST_FILE).write_text(json.dumps(record.manifest, indent=2))
         for path in partial.iterdir():
             fsync(path)
-        record_verified(partial)  # checked as it arrived: this host's processes load it without hashing again
+        record_verified(partial, manifest)  # checked as it arrived: this host's processes load it without hashing again
         try:
             os.rename(partial, final)
         except OSError:  # another process on this host fetched it first

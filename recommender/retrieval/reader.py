@@ -9,6 +9,7 @@ this host's copy on the version published for every host (publishing.py), and lo
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -101,37 +102,56 @@ class RecentEmbeddings:
     """Embeddings written after an index was built."""
 
     image_ids: np.ndarray
+    product_ids: np.ndarray
     vectors: np.ndarray
     withdrawn: np.ndarray  # images whose newest embedding failed: not searchable any more
 
 
-_recent: dict[tuple, RecentEmbeddings] = {}
+@dataclass
+class _Checked:
+    latest: datetime | None  # the newest computed_at when last read
+    at: float  # time.monotonic() of the last check
+    recent: RecentEmbeddings
+
+
+_recent: dict[tuple, _Checked] = {}
 _recent_lock = threading.Lock()
 
 
 def recent_embeddings(backbone: Backbone, since: datetime | None) -> RecentEmbeddings:
-    """What changed since `since`; re-read only when a newer embedding exists (one indexed query)."""
+    """What changed since `since`. Checked at most every RECENT_EMBEDDINGS_CHECK_SECONDS (one indexed
+    query), and re-read only when a newer embedding exists."""
+    key = (backbone.name, since)
+    with _recent_lock:
+        checked = _recent.get(key)
+    if checked is not None and time.monotonic() - checked.at < settings.RECENT_EMBEDDINGS_CHECK_SECONDS:
+        return checked.recent
     rows = ImageEmbedding.objects.for_backbone(backbone)
     if since is not None:
         rows = rows.filter(computed_at__gt=since - DELTA_OVERLAP)
+    checked_at = time.monotonic()
     latest = rows.order_by("-computed_at").values_list("computed_at", flat=True).first()
-    key = (backbone.name, since, latest)
+    if checked is None or checked.latest != latest:
+        checked = _Checked(latest, checked_at, _read_recent(rows, backbone))
+    checked.at = checked_at
     with _recent_lock:
-        if key in _recent:
-            return _recent[key]
-    fresh_ids, vectors, withdrawn = [], [], []
-    for image_id, status, vector in rows.values_list("image_id", "status", "vector"):
+        _recent.clear()  # only the newest state is ever asked for again
+        _recent[key] = checked
+    return checked.recent
+
+
+def _read_recent(rows, backbone: Backbone) -> RecentEmbeddings:
+    fresh_ids, product_ids, vectors, withdrawn = [], [], [], []
+    for image_id, product_id, status, vector in rows.values_list("image_id", "image__product_id", "status", "vector"):
         if status == ImageEmbedding.Status.DONE:
             fresh_ids.append(image_id)
+            product_ids.append(product_id)
             vectors.append(vector)
         else:
             withdrawn.append(image_id)
-    recent = RecentEmbeddings(
+    return RecentEmbeddings(
         np.array(fresh_ids, dtype=np.int64),
+        np.array(product_ids, dtype=np.int64),
         np.vstack(vectors) if vectors else np.zeros((0, backbone.dimension), np.float32),
         np.array(withdrawn, dtype=np.int64),
     )
-    with _recent_lock:
-        _recent.clear()  # only the newest state is ever asked for again
-        _recent[key] = recent
-    return recent

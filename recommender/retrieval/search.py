@@ -40,6 +40,7 @@ class Candidates:
     scores: np.ndarray  # exact cosine, best first
     searched: int  # how many images the search could have returned
     source: str  # "index" or "exact"
+    product_ids: np.ndarray | None = None  # each image's product when the index was built (index only)
 
 
 def candidate_images(query: np.ndarray, count: int, backbone: Backbone) -> Candidates:
@@ -51,19 +52,17 @@ def candidate_images(query: np.ndarray, count: int, backbone: Backbone) -> Candi
         image_ids, scores = matrix.top(query, count)
         return Candidates(image_ids, scores, len(matrix), "exact")
 
-    wanted = min(count, len(index))
-    search_k = max(index.manifest.search_k or settings.INDEX_SEARCH_K, index.manifest.n_trees * wanted)
-    rows = index.annoy.get_nns_by_vector(query, wanted, search_k=search_k)
-    image_ids = index.image_ids[rows]
-    scores = np.asarray(index.vectors[rows], dtype=np.float32) @ query
+    image_ids, product_ids, scores = index.nearest(query, count)
     recent = recent_embeddings(backbone, index.manifest.until)
     if len(recent.image_ids) or len(recent.withdrawn):
         # Embeddings newer than the index replace what it holds for the same images.
         keep = ~np.isin(image_ids, np.concatenate([recent.image_ids, recent.withdrawn]))
         image_ids = np.concatenate([image_ids[keep], recent.image_ids])
+        product_ids = np.concatenate([product_ids[keep], recent.product_ids])
         scores = np.concatenate([scores[keep], recent.vectors @ query])
     order = np.argsort(-scores, kind="stable")[:count]
-    return Candidates(image_ids[order], scores[order], len(index) + len(recent.image_ids), "index")
+    searched = len(index) + len(recent.image_ids)
+    return Candidates(image_ids[order], scores[order], searched, "index", product_ids[order])
 
 
 def nearest_products(
@@ -112,27 +111,43 @@ def _filtered_products(gender: str, article_type: str, colour: str) -> QuerySet 
 def _collapse_to_products(
     candidates: Candidates, k: int, exclude_product_id: int | None, products: QuerySet | None
 ) -> list[Neighbour]:
-    """The best image of each of the first k products among the candidates. Which product each
-    image shows is read first (two numbers a row); only the k chosen images become objects."""
+    """The best image of each of the first k products among the candidates; only the k chosen
+    images are read as objects. Which product an image shows comes from the index when no filter
+    applies; when the index is out of date for a chosen image (deleted or moved since the build),
+    or a filter applies, PostgreSQL says (two numbers a row)."""
+    if candidates.product_ids is not None and products is None:
+        chosen = _first_of_each_product(candidates, candidates.product_ids.tolist(), k, exclude_product_id)
+        neighbours = _neighbours(chosen)
+        if len(neighbours) == len(chosen):
+            return neighbours
     images = ProductImage.objects.filter(pk__in=candidates.image_ids.tolist())
-    if exclude_product_id is not None:
-        images = images.exclude(product_id=exclude_product_id)
     if products is not None:
         images = images.filter(product__in=products)
     product_of = dict(images.values_list("pk", "product_id"))
-    chosen, seen = [], set()
-    for image_id, score in zip(candidates.image_ids.tolist(), candidates.scores.tolist()):
-        product_id = product_of.get(image_id)
-        if product_id is None or product_id in seen:
-            continue
-        seen.add(product_id)
-        chosen.append((image_id, score))
-        if len(chosen) == k:
-            break
-    shown = ProductImage.objects.select_related("product").defer("product__search_document")
-    by_id = shown.in_bulk([image_id for image_id, _ in chosen])
+    product_ids = [product_of.get(image_id) for image_id in candidates.image_ids.tolist()]
+    return _neighbours(_first_of_each_product(candidates, product_ids, k, exclude_product_id))
+
+
+def _first_of_each_product(
+    candidates: Candidates, product_ids: list[int | None], k: int, exclude_product_id: int | None
+) -> list[tuple[int, int, float]]:
+    """(image id, product id, score) of the best image of each of the first k products."""
+    chosen, seen = [], {None, exclude_product_id}
+    for image_id, product_id, score in zip(candidates.image_ids.tolist(), product_ids, candidates.scores.tolist()):
+        if product_id not in seen:
+            seen.add(product_id)
+            chosen.append((image_id, product_id, score))
+            if len(chosen) == k:
+                break
+    return chosen
+
+
+def _neighbours(chosen: list[tuple[int, int, float]]) -> list[Neighbour]:
+    """The chosen images as objects, leaving out any deleted or moved to another product since."""
+    shown = ProductImage.objects.select_related("product").defer("product__search_document").order_by()
+    by_id = shown.in_bulk([image_id for image_id, _, _ in chosen])
     return [
         Neighbour(by_id[image_id].product, by_id[image_id], float(score))
-        for image_id, score in chosen
-        if image_id in by_id  # deleted since the first read
+        for image_id, product_id, score in chosen
+        if image_id in by_id and by_id[image_id].product_id == product_id
     ]

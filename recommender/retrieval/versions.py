@@ -4,7 +4,9 @@ Layout under INDEX_DIR/<backbone>/:
 
     versions/<version>/items.ann       Annoy index (angular), row i = image_ids[i]
     versions/<version>/image_ids.npy   row -> ProductImage id
+    versions/<version>/product_ids.npy row -> the image's Product id when the version was built
     versions/<version>/vectors.npy     row -> the stored unit vector (for exact re-ranking)
+    versions/<version>/projection.npy  only in a projected index: the axes Annoy's vectors are on
     versions/<version>/manifest.json   IndexManifest, with a SHA-256 of each file
     current -> versions/<version>      symlink, replaced atomically
 
@@ -29,13 +31,17 @@ from ..encoding.backbones import Backbone
 
 INDEX_FILE = "items.ann"
 IDS_FILE = "image_ids.npy"
+PRODUCT_IDS_FILE = "product_ids.npy"
 VECTORS_FILE = "vectors.npy"
 MANIFEST_FILE = "manifest.json"
-VERSION_FILES = (INDEX_FILE, IDS_FILE, VECTORS_FILE)  # what the manifest holds checksums of
+PROJECTION_FILE = "projection.npy"
+VERSION_FILES = (INDEX_FILE, IDS_FILE, PRODUCT_IDS_FILE, VECTORS_FILE)  # what every manifest holds checksums of
 # Which files of a version were checked against the manifest's checksums, as they were (size, time):
 # a version is hashed once per host (when built, fetched or first loaded), not by every process.
 VERIFIED_FILE = ".verified.json"
-VECTOR_DTYPE = np.float16  # re-ranking 40 candidates needs no more; versions built before used float32
+# The re-ranking matrix: the only full copy of the vectors (Annoy holds their projection). float16
+# would halve it, but numpy converts float16 twenty times slower than a search's whole index step.
+VECTOR_DTYPE = np.float32
 # A version being written or downloaded is "<version>.partial…"; one this old was abandoned by a crash.
 ABANDONED_PARTIAL_SECONDS = 3600
 METRIC = "angular"
@@ -73,6 +79,7 @@ class IndexManifest:
     embeddings_until: str | None  # latest computed_at among the embeddings it holds
     checksums: dict[str, str] = field(default_factory=dict)
     search_k: int | None = None  # chosen at build time for INDEX_TARGET_RECALL; older versions: INDEX_SEARCH_K
+    projected_dimension: int | None = None  # Annoy's dimension when it searches a projection of the vectors
 
     def __post_init__(self) -> None:
         # A manifest comes from disk: anything odd is refused here rather than failing in every search.
@@ -87,6 +94,8 @@ class IndexManifest:
             "build_seconds": type(self.build_seconds) in (int, float),
             "embeddings_until": self.embeddings_until is None or _is_timestamp(self.embeddings_until),
             "search_k": self.search_k is None or _is_count(self.search_k, least=1),
+            "projected_dimension": self.projected_dimension is None
+            or (_is_count(self.projected_dimension, least=1) and self.projected_dimension < self.dimension),
             "checksums": isinstance(self.checksums, dict)
             and all(isinstance(value, str) for value in self.checksums.values()),
         }
@@ -99,6 +108,20 @@ class IndexManifest:
             return cls(**json.loads((directory / MANIFEST_FILE).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise UnusableIndex(f"no valid manifest in {directory}: {exc}") from exc
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The version's files besides the manifest."""
+        return VERSION_FILES + ((PROJECTION_FILE,) if self.projected_dimension else ())
+
+    @property
+    def complete(self) -> bool:
+        """Whether it has every file of today's layout (older builds lack some: they are rebuilt)."""
+        return all(name in self.checksums for name in self.files)
+
+    @property
+    def annoy_dimension(self) -> int:
+        return self.projected_dimension or self.dimension
 
     @property
     def until(self) -> datetime | None:
@@ -118,9 +141,10 @@ def current_link(backbone: Backbone) -> Path:
 
 
 def current_version_dir(backbone: Backbone) -> Path | None:
+    """Where `current` points (one readlink: every search asks)."""
     link = current_link(backbone)
     try:
-        return (link.parent / os.readlink(link)).resolve()
+        return link.parent / os.readlink(link)
     except OSError:
         return None
 
@@ -181,18 +205,18 @@ def remove_old_versions(backbone: Backbone) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _file_stats(directory: Path) -> dict[str, list[int]]:
-    return {name: [(stat := (directory / name).stat()).st_size, stat.st_mtime_ns] for name in VERSION_FILES}
+def _file_stats(directory: Path, names: tuple[str, ...]) -> dict[str, list[int]]:
+    return {name: [(stat := (directory / name).stat()).st_size, stat.st_mtime_ns] for name in names}
 
 
-def record_verified(directory: Path) -> None:
+def record_verified(directory: Path, manifest: IndexManifest) -> None:
     """Note that the version's files, as they are now, match its checksums."""
-    (directory / VERIFIED_FILE).write_text(json.dumps(_file_stats(directory)))
+    (directory / VERIFIED_FILE).write_text(json.dumps(_file_stats(directory, manifest.files)))
 
 
-def _verified_before(directory: Path) -> bool:
+def _verified_before(directory: Path, manifest: IndexManifest) -> bool:
     try:
-        return json.loads((directory / VERIFIED_FILE).read_text()) == _file_stats(directory)
+        return json.loads((directory / VERIFIED_FILE).read_text()) == _file_stats(directory, manifest.files)
     except (OSError, ValueError):
         return False
 
@@ -202,16 +226,68 @@ def file_checksum(path: Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
+@dataclass(frozen=True)
+class Projection:
+    """The principal axes of a space's vectors. Annoy's cost grows with the dimension and its recall
+    falls with it, so a high-dimensional space is searched on its first axes and the candidates
+    found there are re-ranked by exact cosine in the full space."""
+
+    mean: np.ndarray  # (dimension,)
+    axes: np.ndarray  # (projected dimension, dimension), orthonormal rows
+
+    @classmethod
+    def fit(cls, sample: np.ndarray, dimension: int) -> "Projection":
+        sample = np.asarray(sample, np.float32)
+        mean = sample.mean(axis=0)
+        centred = sample - mean
+        _, eigenvectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        return cls(mean, np.ascontiguousarray(eigenvectors[:, ::-1][:, :dimension].T))
+
+    def apply(self, vectors: np.ndarray) -> np.ndarray:
+        return (np.asarray(vectors, np.float32) - self.mean) @ self.axes.T
+
+    def save(self, path: Path) -> None:
+        np.save(path, np.vstack([self.mean, self.axes]))
+
+    @classmethod
+    def load(cls, path: Path) -> "Projection":
+        stacked = np.load(path, allow_pickle=False)
+        if stacked.dtype != np.float32 or stacked.ndim != 2:
+            raise ValueError(f"{path} is not a float32 matrix")
+        return cls(stacked[0], stacked[1:])
+
+
+def index_candidates(
+    annoy, vectors: np.ndarray, projection: Projection | None, query: np.ndarray, count: int, search_k: int
+):
+    """Rows of Annoy's `count` candidates for a unit `query`, and their exact cosine, best first."""
+    searched = projection.apply(query) if projection is not None else query
+    rows = np.array(annoy.get_nns_by_vector(searched.tolist(), count, search_k=search_k), dtype=np.int64)
+    scores = np.asarray(vectors[rows], dtype=np.float32) @ query
+    order = np.argsort(-scores, kind="stable")
+    return rows[order], scores[order]
+
+
 @dataclass
 class LoadedIndex:
     directory: Path
     manifest: IndexManifest
     annoy: object
     image_ids: np.ndarray
-    vectors: np.ndarray  # memory-mapped, VECTOR_DTYPE
+    product_ids: np.ndarray
+    vectors: np.ndarray  # memory-mapped
+    projection: Projection | None
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def nearest(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image ids and product ids of about the `count` stored vectors nearest to `query`, and
+        their exact cosine, best first."""
+        count = min(count, len(self))
+        search_k = max(self.manifest.search_k or settings.INDEX_SEARCH_K, self.manifest.n_trees * count)
+        rows, scores = index_candidates(self.annoy, self.vectors, self.projection, query, count, search_k)
+        return self.image_ids[rows], self.product_ids[rows], scores
 
 
 def load_version(directory: Path, backbone: Backbone) -> LoadedIndex:
@@ -225,24 +301,34 @@ def load_version(directory: Path, backbone: Backbone) -> LoadedIndex:
             f"not {backbone.name} ({backbone.dimension}-d)"
         )
     try:
-        if not _verified_before(directory):
-            for name in VERSION_FILES:
+        if not _verified_before(directory, manifest):
+            for name in manifest.files:
                 if file_checksum(directory / name) != manifest.checksums.get(name):
                     raise UnusableIndex(f"{directory / name} does not match its checksum")
-            record_verified(directory)
+            record_verified(directory, manifest)
         image_ids = np.load(directory / IDS_FILE, allow_pickle=False)
+        product_ids = np.load(directory / PRODUCT_IDS_FILE, allow_pickle=False)
         vectors = np.load(directory / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
-        annoy = AnnoyIndex(manifest.dimension, manifest.metric)
+        projection = Projection.load(directory / PROJECTION_FILE) if manifest.projected_dimension else None
+        annoy = AnnoyIndex(manifest.annoy_dimension, manifest.metric)
         annoy.load(str(directory / INDEX_FILE), prefault=False)
     except (OSError, ValueError, EOFError) as exc:  # missing or unreadable files, Annoy's own refusals
         raise UnusableIndex(f"cannot read {directory}: {exc}") from exc
-    expected = (np.int64, (manifest.items,), (manifest.items, manifest.dimension))
-    if (image_ids.dtype, image_ids.shape, vectors.shape) != expected or vectors.dtype not in (VECTOR_DTYPE, np.float32):
+    expected = (np.int64, (manifest.items,), np.int64, (manifest.items,), (manifest.items, manifest.dimension))
+    found = (image_ids.dtype, image_ids.shape, product_ids.dtype, product_ids.shape, vectors.shape)
+    if found != expected or vectors.dtype != VECTOR_DTYPE:
         raise UnusableIndex(f"{directory} holds arrays of the wrong type or shape")
+    if projection is not None and projection.axes.shape != (manifest.projected_dimension, manifest.dimension):
+        raise UnusableIndex(f"{directory / PROJECTION_FILE} has the wrong shape")
     # Annoy only checks that the file size fits the dimension: compare one of its vectors too.
-    if annoy.get_n_items() != manifest.items or (
-        manifest.items
-        and not np.array_equal(np.array(annoy.get_item_vector(0), np.float32).astype(vectors.dtype), vectors[0])
-    ):
+    if annoy.get_n_items() != manifest.items or (manifest.items and not _holds(annoy, vectors[0], projection)):
         raise UnusableIndex(f"{directory / INDEX_FILE} does not hold the version's vectors")
-    return LoadedIndex(directory, manifest, annoy, image_ids, vectors)
+    return LoadedIndex(directory, manifest, annoy, image_ids, product_ids, vectors, projection)
+
+
+def _holds(annoy, first_vector: np.ndarray, projection: Projection | None) -> bool:
+    """Whether Annoy's first item is the version's first vector (projected, when the index is)."""
+    held = np.array(annoy.get_item_vector(0), np.float32)
+    if projection is None:
+        return np.array_equal(held.astype(first_vector.dtype), first_vector)
+    return np.allclose(held, projection.apply(first_vector), rtol=1e-4, atol=1e-5)

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.utils import timezone
 
 from catalog.models import ProductImage
 from recommender.encoding.backbones import get_backbone
@@ -36,11 +37,12 @@ def test_build_writes_a_verified_version_and_switches_to_it(embedded_catalogue, 
     assert (manifest.items, manifest.dimension, manifest.metric, manifest.backbone) == (60, 1280, "angular", LITE2.name)
     directory = current_version_dir(LITE2)
     assert directory == index_dir / LITE2.name / "versions" / manifest.version
-    assert set(manifest.checksums) == {"items.ann", "image_ids.npy", "vectors.npy"}
+    assert set(manifest.checksums) == {"items.ann", "image_ids.npy", "product_ids.npy", "vectors.npy", "projection.npy"}
+    assert manifest.projected_dimension == 128  # INDEX_PROJECTED_DIMENSION: Annoy searches 128 principal axes
     assert json.loads((directory / "manifest.json").read_text())["version"] == manifest.version
     vectors = np.load(directory / "vectors.npy")
-    assert vectors.dtype == np.float16
-    assert np.allclose(vectors[0], stored_vector(np.load(directory / "image_ids.npy")[0], LITE2), atol=1e-3)
+    assert vectors.dtype == np.float32
+    assert np.array_equal(vectors[0], stored_vector(np.load(directory / "image_ids.npy")[0], LITE2))
     assert build_index(LITE2, force=False).reason == "up to date"
 
 
@@ -54,13 +56,47 @@ def test_a_build_chooses_the_search_k_that_matches_exact_search(embedded_catalog
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(50, 20))
     vectors = centres[rng.integers(0, 50, 3000)] + 0.6 * rng.normal(size=(3000, 20))
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
     annoy = AnnoyIndex(20, "angular")
     for row, vector in enumerate(vectors):
         annoy.add_item(row, vector)
     annoy.build(2)
-    loose, strict = (build.calibrated_search_k(annoy, vectors, target) for target in (0.5, 0.999))
+    rows = np.arange(0, 3000, 15)
+    calibration = build.Calibration(rows, vectors[rows])
+    for start in range(0, 3000, 1000):  # as a build streams them
+        calibration.add(start, vectors[start : start + 1000])
+    loose, strict = (calibration.search_k(annoy, vectors, None, target) for target in (0.5, 0.999))
     assert loose == build.SEARCH_K_STEPS[0] and strict > loose
+
+
+def test_a_space_with_few_dimensions_is_indexed_as_it_is(embedded_catalogue, settings):
+    settings.INDEX_PROJECTED_DIMENSION = 1280
+    manifest = build_index(LITE2).manifest
+
+    assert manifest.projected_dimension is None
+    assert set(manifest.checksums) == {"items.ann", "image_ids.npy", "product_ids.npy", "vectors.npy"}
+    matrix = embedding_matrix(LITE2)
+    query = query_vector(5)
+    assert list(candidate_images(query, 10, LITE2).image_ids[:5]) == list(matrix.top(query, 10)[0][:5])
+
+
+def test_the_projection_keeps_the_vectors_principal_axes():
+    from recommender.retrieval.versions import Projection
+
+    rng = np.random.default_rng(2)
+    # 500 points spread along 3 axes of a 40-d space, with a little noise in the others.
+    axes = np.linalg.qr(rng.normal(size=(40, 3)))[0].T
+    points = rng.normal(size=(500, 3)) * [5.0, 3.0, 2.0] @ axes + 0.01 * rng.normal(size=(500, 40)) + 1.0
+
+    projection = Projection.fit(points, 3)
+
+    assert projection.axes.shape == (3, 40)
+    assert np.allclose(projection.axes @ projection.axes.T, np.eye(3), atol=1e-4)
+    # Distances between points survive the projection: nothing but the noise was dropped.
+    projected = projection.apply(points)
+    original = np.linalg.norm(points[:50, None] - points[None, :50], axis=-1)
+    kept = np.linalg.norm(projected[:50, None] - projected[None, :50], axis=-1)
+    assert np.abs(original - kept).max() < 0.1
 
 
 def test_a_version_is_hashed_once_per_host_not_by_every_process(embedded_catalogue, monkeypatch):
@@ -118,6 +154,69 @@ def test_a_new_embedding_is_found_before_the_next_build(embedded_catalogue, fash
     assert candidates.source == "index" and candidates.image_ids[0] == new_image.pk
     assert build_index(LITE2, force=False).reason == "built"
     assert new_image.pk in np.load(current_version_dir(LITE2) / "image_ids.npy")
+
+
+def test_products_come_from_the_index_and_postgresql_corrects_it(
+    embedded_catalogue, django_assert_num_queries, settings
+):
+    settings.RECENT_EMBEDDINGS_CHECK_SECONDS = 60
+    build_index(LITE2)
+    query = query_vector(3)
+    candidate_images(query, 40, LITE2)  # loads the index
+    with django_assert_num_queries(1):  # which image shows which product is in the index: only the five are read
+        first = nearest_products(query, LITE2, k=5)
+    assert len({neighbour.product.pk for neighbour in first}) == 5
+
+    # Since the build, the best match's photo moved to another product and the second one was deleted.
+    moved, deleted = first[0].image, first[1].image
+    other = next(neighbour.product for neighbour in first[2:])
+    ProductImage.objects.filter(pk=moved.pk).update(product=other)
+    ProductImage.objects.filter(pk=deleted.pk).delete()
+
+    again = nearest_products(query, LITE2, k=5)
+
+    assert len(again) == 5 and deleted.pk not in {neighbour.image.pk for neighbour in again}
+    assert all(neighbour.image.product_id == neighbour.product.pk for neighbour in again)
+    assert len({neighbour.product.pk for neighbour in again}) == 5
+
+
+def test_a_version_of_an_older_layout_is_rebuilt(embedded_catalogue):
+    build_index(LITE2)
+    directory = current_version_dir(LITE2)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    del manifest["checksums"]["product_ids.npy"]  # as versions built before product ids were kept
+    (directory / "product_ids.npy").unlink()
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    IndexVersion.objects.update(manifest=manifest)
+    _readers.clear()
+
+    assert candidate_images(query_vector(), 5, LITE2).source == "exact"
+    assert index_is_stale(LITE2)
+    assert build_index(LITE2).reason == "built"
+    assert candidate_images(query_vector(), 5, LITE2).source == "index"
+
+
+def test_new_embeddings_are_looked_for_once_per_check_interval(embedded_catalogue, settings, monkeypatch):
+    from recommender.retrieval import reader
+
+    settings.RECENT_EMBEDDINGS_CHECK_SECONDS = 2
+    build_index(LITE2)
+    query = query_vector(7)
+    clock = [1000.0]
+    monkeypatch.setattr(reader.time, "monotonic", lambda: clock[0])
+    reader._recent.clear()
+    assert candidate_images(query, 5, LITE2).image_ids[0] == ProductImage.objects.order_by("pk")[7].pk
+    # A photo embedded after the build, identical to the query: the best match once it is seen.
+    image = ProductImage.objects.order_by("pk")[20]
+    ImageEmbedding.objects.filter(image=image, backbone=LITE2.name).update(vector=query, computed_at=timezone.now())
+
+    clock[0] += 1.5
+    assert image.pk not in candidate_images(query, 1, LITE2).image_ids  # checked 1.5 s ago
+    clock[0] += 1.0
+    assert candidate_images(query, 2, LITE2).image_ids.tolist()[:2] in (
+        [image.pk, ProductImage.objects.order_by("pk")[7].pk],
+        [ProductImage.objects.order_by("pk")[7].pk, image.pk],
+    )
 
 
 def test_corrupt_index_file_falls_back_to_exact_search(embedded_catalogue, caplog):

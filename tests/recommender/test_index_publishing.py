@@ -185,7 +185,7 @@ def _bucket_created(client) -> bool:
 def test_versions_published_to_s3_reach_another_host(embedded_catalogue, other_host, s3_index_store):
     published = build_index(LITE2).manifest.version
     keys = {item["Key"] for item in s3_index_store.list_objects_v2(Bucket="lookalike-indexes")["Contents"]}
-    assert f"{LITE2.name}/{published}/{INDEX_FILE}" in keys and len(keys) == 4
+    assert f"{LITE2.name}/{published}/{INDEX_FILE}" in keys and len(keys) == 6
 
     other_host("web-2")
     sync, reader = IndexSync(LITE2), IndexReader(LITE2)

@@ -11,10 +11,10 @@ from catalog.models import ProductImage
 from recommender.retrieval import build_index, nearest_products
 from recommender.retrieval.reader import _readers
 from recommender.retrieval.search import candidate_images
-from recommender.retrieval.versions import current_version_dir, file_checksum
+from recommender.retrieval.versions import Projection, current_version_dir, file_checksum
 from tests.helpers import stored_vector
 
-pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # 29 index builds
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]  # 36 index builds
 
 
 def fields(**changes):
@@ -57,12 +57,16 @@ def pickled(name: str):
 
 
 def rebuilt_annoy(change, *, vectors_too: bool = False):
-    """items.ann rebuilt from changed vectors (and vectors.npy and the manifest's dimension to match)."""
+    """items.ann rebuilt from changed vectors (projected first, when the version is), and with
+    `vectors_too` vectors.npy and the manifest's dimension to match."""
 
     def tamper(manifest: dict, directory: Path) -> dict:
         from annoy import AnnoyIndex
 
-        vectors = np.ascontiguousarray(change(np.load(directory / "vectors.npy")))
+        vectors = np.load(directory / "vectors.npy")
+        if manifest["projected_dimension"] and not vectors_too:
+            vectors = Projection.load(directory / "projection.npy").apply(vectors)
+        vectors = np.ascontiguousarray(change(vectors))
         annoy = AnnoyIndex(vectors.shape[1], "angular")
         for row, vector in enumerate(vectors):
             annoy.add_item(row, vector)
@@ -100,9 +104,16 @@ ODD_VERSIONS = {
     "2-D image ids": rewrite_array("image_ids.npy", lambda ids: ids.reshape(-1, 1)),
     "float image ids": rewrite_array("image_ids.npy", lambda ids: ids.astype(np.float64)),
     "object image ids": rewrite_array("image_ids.npy", lambda ids: ids.astype(object)),
-    "items.ann of another dimension": rebuilt_annoy(lambda vectors: vectors[:, :640]),
+    "product ids of another length": rewrite_array("product_ids.npy", lambda ids: ids[:-1]),
+    "float product ids": rewrite_array("product_ids.npy", lambda ids: ids.astype(np.float64)),
+    "items.ann of another dimension": rebuilt_annoy(lambda vectors: vectors[:, : vectors.shape[1] // 2]),
     "items.ann in another order": rebuilt_annoy(lambda vectors: vectors[::-1]),
     "version of another dimension": rebuilt_annoy(lambda vectors: vectors[:, :640], vectors_too=True),
+    "projected dimension as large as the vectors'": fields(projected_dimension=1280),
+    "projection of another width": rewrite_array("projection.npy", lambda projection: projection[:, :640]),
+    "float64 projection": rewrite_array("projection.npy", lambda projection: projection.astype(np.float64)),
+    "projection on other axes": rewrite_array("projection.npy", lambda projection: projection[::-1]),
+    "projection missing": lambda manifest, directory: (directory / "projection.npy").unlink() or manifest,
 }
 
 
