@@ -214,23 +214,23 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
             projection.save(partial / PROJECTION_FILE)
         annoy = AnnoyIndex(projected or backbone.dimension, METRIC)
         annoy.on_disk_build(str(partial / INDEX_FILE))
-        with (partial / VECTORS_FILE).open("wb") as matrix:
+        with (partial / VECTORS_FILE).open("w+b") as matrix:
             header = {
                 "descr": np.dtype(VECTOR_DTYPE).str,
                 "fortran_order": False,
                 "shape": (len(pks), backbone.dimension),
             }
             np.lib.format.write_array_header_1_0(matrix, header)
+            vectors = MatrixRows(matrix, len(pks), backbone.dimension)
             for start in range(0, len(pks), BUILD_BATCH):
                 batch = _vectors_of(pks[start : start + BUILD_BATCH], backbone)
                 matrix.write(batch.astype(VECTOR_DTYPE, copy=False).tobytes())
                 calibration.add(start, batch)
                 _add_items(annoy, start, projection.apply(batch) if projection else batch)
-        vectors = np.load(partial / VECTORS_FILE, mmap_mode="r")
-        annoy.build(n_trees, n_jobs=-1)  # writes the trees into the file as it goes
-        search_k = calibration.search_k(annoy, vectors, projection, settings.INDEX_TARGET_RECALL)
+            matrix.flush()
+            annoy.build(n_trees, n_jobs=-1)  # writes the trees into the file as it goes
+            search_k = calibration.search_k(annoy, vectors, projection, settings.INDEX_TARGET_RECALL)
         annoy.unload()
-        del vectors
         np.save(partial / IDS_FILE, image_ids)
         np.save(partial / PRODUCT_IDS_FILE, product_ids)
         manifest = IndexManifest(
@@ -258,6 +258,22 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+class MatrixRows:
+    """Rows of the matrix file a build is writing, read with pread: mapping it instead would bring
+    most of the file into the build's memory (the kernel maps page-cache folios whole)."""
+
+    def __init__(self, file, rows: int, dimension: int):
+        self.descriptor, self.offset = file.fileno(), file.tell()
+        self.rows, self.row_bytes = rows, dimension * np.dtype(VECTOR_DTYPE).itemsize
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        read = [os.pread(self.descriptor, self.row_bytes, self.offset + row * self.row_bytes) for row in rows.tolist()]
+        return np.frombuffer(b"".join(read), VECTOR_DTYPE).reshape(len(read), -1)
 
 
 def _sample_rows(count: int, size: int) -> np.ndarray:
