@@ -108,6 +108,7 @@ def measure_build(dimension: int, space: str, queries: int) -> dict:
     index step's recall@5 against exact search over the stored vectors and its speed."""
     from recommender.encoding.backbones import get_backbone
     from recommender.retrieval import build_index
+    from recommender.retrieval.build import Calibration
     from recommender.retrieval.reader import IndexReader
     from recommender.retrieval.search import CANDIDATES_PER_RESULT
     from recommender.retrieval.versions import version_size
@@ -121,30 +122,16 @@ def measure_build(dimension: int, space: str, queries: int) -> dict:
     manifest = result.manifest
     index = IndexReader(backbone).get()
     rows = np.sort(np.random.default_rng(1).choice(manifest.items, size=queries, replace=False))
-    queries = np.asarray(index.vectors[rows], np.float32)
-    best_scores = np.full((len(rows), 0), -2.0, np.float32)
-    best_rows = np.zeros((len(rows), 0), np.int64)
-    for start in range(0, manifest.items, 100_000):  # exact top 6 of every query, one pass over the matrix
-        scores = np.hstack([best_scores, queries @ np.asarray(index.vectors[start : start + 100_000]).T])
-        found_rows = np.hstack(
-            [
-                best_rows,
-                np.broadcast_to(
-                    np.arange(start, start + scores.shape[1] - best_rows.shape[1]),
-                    (len(rows), scores.shape[1] - best_rows.shape[1]),
-                ),
-            ]
-        )
-        keep = np.argpartition(-scores, 5, axis=1)[:, :6]
-        best_scores, best_rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(found_rows, keep, 1)
-    hits, times = 0, []
-    for query, exact_rows in zip(queries, best_rows):
+    calibration = Calibration(rows, np.asarray(index.vectors[rows], np.float32))  # the build's own recall measure
+    for start in range(0, manifest.items, 100_000):
+        calibration.add(start, np.asarray(index.vectors[start : start + 100_000], np.float32))
+    search_k = index.search_k(5 * CANDIDATES_PER_RESULT)
+    recall = calibration.recall(index.annoy, index.vectors, index.projection, search_k)
+    times = []
+    for query in calibration.queries:
         began = time.perf_counter()
-        found, _, _ = index.nearest(query, 5 * CANDIDATES_PER_RESULT)
+        index.nearest(query, 5 * CANDIDATES_PER_RESULT)
         times.append(time.perf_counter() - began)
-        hits += (
-            len(set(index.image_ids[exact_rows].tolist()) & set(found[:6].tolist())) - 1
-        )  # the query itself is in both
     return {
         "build_s": seconds,
         "reason": result.reason,
@@ -152,10 +139,10 @@ def measure_build(dimension: int, space: str, queries: int) -> dict:
         "peak_anonymous_bytes": memory.anonymous,
         "peak_file_bytes": memory.file,
         "version_bytes": version_size(backbone),
-        "search_k": manifest.search_k,
+        "search_k": search_k,
         "projected_dimension": manifest.projected_dimension,
         "n_trees": manifest.n_trees,
-        "recall_at_5": hits / (5 * len(rows)),
+        "recall_at_5": recall,
         "index_qps": 1 / statistics.mean(times),
         "queries": len(rows),
     }

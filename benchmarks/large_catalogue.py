@@ -137,23 +137,21 @@ def measure_search_path(queries: int) -> dict:
     in-process path a product page takes (nearest_products: index, recent embeddings, products)."""
     from recommender.active import active_backbone
     from recommender.retrieval import nearest_products
+    from recommender.retrieval.build import Calibration
     from recommender.retrieval.reader import index_reader
     from recommender.retrieval.search import CANDIDATES_PER_RESULT
-    from recommender.retrieval.vectors import embedding_matrix
 
     backbone = active_backbone()
     index = index_reader(backbone).get()
-    matrix = embedding_matrix(backbone)
-    rng = np.random.default_rng(0)
-    picked = rng.choice(len(matrix), size=min(queries, len(matrix)), replace=False)
-    hits, index_ms, path_ms = 0, [], []
-    for row in picked:
-        query = matrix.vectors[row]
-        exact_ids, _ = matrix.top(query, 6)
+    rows = np.sort(np.random.default_rng(0).choice(len(index), size=min(queries, len(index)), replace=False))
+    calibration = Calibration(rows, np.asarray(index.vectors[rows], np.float32))  # the build's own recall measure
+    calibration.add(0, np.asarray(index.vectors, np.float32))
+    search_k = index.search_k(5 * CANDIDATES_PER_RESULT)
+    index_ms, path_ms = [], []
+    for query in calibration.queries:
         started = time.perf_counter()
-        found, _, _ = index.nearest(query, 5 * CANDIDATES_PER_RESULT)
+        index.nearest(query, 5 * CANDIDATES_PER_RESULT)
         index_ms.append((time.perf_counter() - started) * 1000)
-        hits += len(set(exact_ids.tolist()) & set(found[:6].tolist())) - 1  # the query's own image is in both
         started = time.perf_counter()
         nearest_products(query, backbone, k=5)
         path_ms.append((time.perf_counter() - started) * 1000)
@@ -162,10 +160,10 @@ def measure_search_path(queries: int) -> dict:
         "dimension": backbone.dimension,
         "index_items": index.manifest.items,
         "n_trees": index.manifest.n_trees,
-        "search_k": index.manifest.search_k,
+        "search_k": search_k,
         "projected_dimension": index.manifest.projected_dimension,
-        "queries": len(picked),
-        "recall_at_5": hits / (5 * len(picked)),
+        "queries": len(rows),
+        "recall_at_5": calibration.recall(index.annoy, index.vectors, index.projection, search_k),
         "index_qps": 1000 / statistics.mean(index_ms),
         "index_p50_ms": statistics.median(index_ms),
         "path_p50_ms": statistics.median(path_ms),

@@ -14,7 +14,7 @@ import shutil
 import time
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from django.conf import settings
@@ -34,6 +34,7 @@ from .versions import (
     PROJECTION_FILE,
     VECTOR_DTYPE,
     VECTORS_FILE,
+    VERSION_FILES,
     IndexManifest,
     Projection,
     backbone_dir,
@@ -95,7 +96,11 @@ def index_is_stale(backbone: Backbone) -> bool:
 
 
 def _stale(manifest: IndexManifest | None, stamp: EmbeddingStamp) -> bool:
-    if manifest is None or not manifest.complete:
+    if (
+        manifest is None
+        or not manifest.current_layout
+        or manifest.projected_dimension != projected_dimension(manifest.dimension)  # the setting changed
+    ):
         return stamp.count > 0
     return (manifest.items, manifest.until) != (stamp.count, stamp.latest)
 
@@ -164,21 +169,27 @@ class Calibration:
             scores, rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
         self._best_scores, self._best_rows = scores, rows
 
-    def search_k(self, annoy, vectors: np.ndarray, projection: Projection | None, target: float) -> int:
-        """The smallest search_k of SEARCH_K_STEPS at which the index, searched as the site searches it
-        (CANDIDATES_PER_RESULT × 5 candidates re-ranked, top 5), finds `target` of the exact top 5."""
-        if len(vectors) <= 6:
-            return SEARCH_K_STEPS[0]
-        truths = [set(best.tolist()) - {row} for row, best in zip(self.rows.tolist(), self._best_rows)]
-        wanted = target * sum(len(truth) for truth in truths)
+    def recall(self, annoy, vectors, projection: Projection | None, search_k: int) -> float:
+        """The share of the exact top 5 that the index finds, searched as the site searches it
+        (CANDIDATES_PER_RESULT × 5 candidates re-ranked, top 5). A result that ties the exact
+        fifth-best score counts as found: of two identical photos, either is right."""
+        found = wanted = 0
+        for row, query, best_rows, best_scores in zip(
+            self.rows.tolist(), self.queries, self._best_rows, self._best_scores
+        ):
+            exact = np.sort(best_scores[best_rows != row])[::-1][:5]
+            candidates, scores = index_candidates(
+                annoy, vectors, projection, query, 5 * CANDIDATES_PER_RESULT + 1, search_k
+            )
+            scores = scores[candidates != row][: len(exact)]
+            found += int(np.sum(scores >= exact[-1] - 1e-5)) if len(exact) else 0
+            wanted += len(exact)
+        return found / wanted if wanted else 1.0
+
+    def search_k(self, annoy, vectors, projection: Projection | None, target: float) -> int:
+        """The smallest search_k of SEARCH_K_STEPS at which the index's recall reaches `target`."""
         for search_k in SEARCH_K_STEPS:
-            found = 0
-            for row, query, truth in zip(self.rows.tolist(), self.queries, truths):
-                candidates, _ = index_candidates(
-                    annoy, vectors, projection, query, 5 * CANDIDATES_PER_RESULT + 1, search_k
-                )
-                found += len(set(candidates[:6].tolist()) - {row} & truth)
-            if found >= wanted:
+            if self.recall(annoy, vectors, projection, search_k) >= target:
                 return search_k
         return SEARCH_K_STEPS[-1]
 
@@ -203,6 +214,8 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
     partial.mkdir()
     try:
         pks, image_ids, product_ids = _rows_as_of(backbone, stamp)
+        if not len(pks):
+            raise EmbeddingsChanged(f"every embedding of {backbone.name} was deleted during the build")
         rows = _sample_rows(len(pks), CALIBRATION_QUERIES)
         calibration = Calibration(rows, _vectors_of(pks[rows], backbone))
         projected = projected_dimension(backbone.dimension)
@@ -233,6 +246,7 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
         annoy.unload()
         np.save(partial / IDS_FILE, image_ids)
         np.save(partial / PRODUCT_IDS_FILE, product_ids)
+        written = (*VERSION_FILES, PRODUCT_IDS_FILE, *((PROJECTION_FILE,) if projection else ()))
         manifest = IndexManifest(
             version=version,
             backbone=backbone.name,
@@ -243,10 +257,10 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
             built_at=timezone.now().isoformat(),
             build_seconds=round(time.monotonic() - started, 3),
             embeddings_until=stamp.latest.isoformat() if stamp.latest else None,
+            checksums={name: file_checksum(partial / name) for name in written},
             search_k=search_k,
             projected_dimension=projected,
         )
-        manifest = replace(manifest, checksums={name: file_checksum(partial / name) for name in manifest.files})
         record_verified(partial, manifest)
         (partial / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
         for path in partial.iterdir():
@@ -273,7 +287,7 @@ class MatrixRows:
 
     def __getitem__(self, rows: np.ndarray) -> np.ndarray:
         read = [os.pread(self.descriptor, self.row_bytes, self.offset + row * self.row_bytes) for row in rows.tolist()]
-        return np.frombuffer(b"".join(read), VECTOR_DTYPE).reshape(len(read), -1)
+        return np.frombuffer(b"".join(read), VECTOR_DTYPE).reshape(len(read), self.row_bytes // VECTOR_DTYPE().itemsize)
 
 
 def _sample_rows(count: int, size: int) -> np.ndarray:

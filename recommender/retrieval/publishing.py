@@ -74,7 +74,7 @@ def _remove_old_publications(space: str) -> None:
     old = list(IndexVersion.objects.filter(space=space).order_by("-published_at", "-pk")[keep:])
     storage = index_storage()
     for record in old:
-        for name in (*IndexManifest(**record.manifest).files, MANIFEST_FILE):
+        for name in (*record.manifest.get("checksums", {}), MANIFEST_FILE):
             storage.delete(_key(space, record.version, name))
         record.delete()
 

@@ -108,13 +108,13 @@ class RecentEmbeddings:
 
 
 @dataclass
-class _Checked:
+class _RecentCheck:
     latest: datetime | None  # the newest computed_at when last read
     at: float  # time.monotonic() of the last check
     recent: RecentEmbeddings
 
 
-_recent: dict[tuple, _Checked] = {}
+_recent: dict[tuple, _RecentCheck] = {}
 _recent_lock = threading.Lock()
 
 
@@ -132,10 +132,11 @@ def recent_embeddings(backbone: Backbone, since: datetime | None) -> RecentEmbed
     checked_at = time.monotonic()
     latest = rows.order_by("-computed_at").values_list("computed_at", flat=True).first()
     if checked is None or checked.latest != latest:
-        checked = _Checked(latest, checked_at, _read_recent(rows, backbone))
+        checked = _RecentCheck(latest, checked_at, _read_recent(rows, backbone))
     checked.at = checked_at
     with _recent_lock:
-        _recent.clear()  # only the newest state is ever asked for again
+        for older in [other for other in _recent if other[0] == backbone.name]:
+            del _recent[older]  # only the newest state of a space is ever asked for again
         _recent[key] = checked
     return checked.recent
 

@@ -40,7 +40,7 @@ class Candidates:
     scores: np.ndarray  # exact cosine, best first
     searched: int  # how many images the search could have returned
     source: str  # "index" or "exact"
-    product_ids: np.ndarray | None = None  # each image's product when the index was built (index only)
+    product_ids: np.ndarray | None = None  # each image's product as the index (or, for newer ones, PostgreSQL) knew it
 
 
 def candidate_images(query: np.ndarray, count: int, backbone: Backbone) -> Candidates:
@@ -58,11 +58,13 @@ def candidate_images(query: np.ndarray, count: int, backbone: Backbone) -> Candi
         # Embeddings newer than the index replace what it holds for the same images.
         keep = ~np.isin(image_ids, np.concatenate([recent.image_ids, recent.withdrawn]))
         image_ids = np.concatenate([image_ids[keep], recent.image_ids])
-        product_ids = np.concatenate([product_ids[keep], recent.product_ids])
+        if product_ids is not None:
+            product_ids = np.concatenate([product_ids[keep], recent.product_ids])
         scores = np.concatenate([scores[keep], recent.vectors @ query])
     order = np.argsort(-scores, kind="stable")[:count]
     searched = len(index) + len(recent.image_ids)
-    return Candidates(image_ids[order], scores[order], searched, "index", product_ids[order])
+    product_ids = None if product_ids is None else product_ids[order]
+    return Candidates(image_ids[order], scores[order], searched, "index", product_ids)
 
 
 def nearest_products(
@@ -114,7 +116,9 @@ def _collapse_to_products(
     """The best image of each of the first k products among the candidates; only the k chosen
     images are read as objects. Which product an image shows comes from the index when no filter
     applies; when the index is out of date for a chosen image (deleted or moved since the build),
-    or a filter applies, PostgreSQL says (two numbers a row)."""
+    or a filter applies, PostgreSQL says (two numbers a row). A photo moved to another product
+    since the build is seen only if chosen: until the next build, its new product may be missing
+    from results it would have entered through that photo alone."""
     if candidates.product_ids is not None and products is None:
         chosen = _first_of_each_product(candidates, candidates.product_ids.tolist(), k, exclude_product_id)
         neighbours = _neighbours(chosen)

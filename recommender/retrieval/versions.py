@@ -4,7 +4,7 @@ Layout under INDEX_DIR/<backbone>/:
 
     versions/<version>/items.ann       Annoy index (angular), row i = image_ids[i]
     versions/<version>/image_ids.npy   row -> ProductImage id
-    versions/<version>/product_ids.npy row -> the image's Product id when the version was built
+    versions/<version>/product_ids.npy row -> the image's Product id when the version was built (newer versions)
     versions/<version>/vectors.npy     row -> the stored unit vector (for exact re-ranking)
     versions/<version>/projection.npy  only in a projected index: the axes Annoy's vectors are on
     versions/<version>/manifest.json   IndexManifest, with a SHA-256 of each file
@@ -35,7 +35,7 @@ PRODUCT_IDS_FILE = "product_ids.npy"
 VECTORS_FILE = "vectors.npy"
 MANIFEST_FILE = "manifest.json"
 PROJECTION_FILE = "projection.npy"
-VERSION_FILES = (INDEX_FILE, IDS_FILE, PRODUCT_IDS_FILE, VECTORS_FILE)  # what every manifest holds checksums of
+VERSION_FILES = (INDEX_FILE, IDS_FILE, VECTORS_FILE)  # every version has these
 # Which files of a version were checked against the manifest's checksums, as they were (size, time):
 # a version is hashed once per host (when built, fetched or first loaded), not by every process.
 VERIFIED_FILE = ".verified.json"
@@ -112,12 +112,13 @@ class IndexManifest:
     @property
     def files(self) -> tuple[str, ...]:
         """The version's files besides the manifest."""
-        return VERSION_FILES + ((PROJECTION_FILE,) if self.projected_dimension else ())
+        product_ids = (PRODUCT_IDS_FILE,) if PRODUCT_IDS_FILE in self.checksums else ()
+        return VERSION_FILES + product_ids + ((PROJECTION_FILE,) if self.projected_dimension else ())
 
     @property
-    def complete(self) -> bool:
-        """Whether it has every file of today's layout (older builds lack some: they are rebuilt)."""
-        return all(name in self.checksums for name in self.files)
+    def current_layout(self) -> bool:
+        """Whether it was built as builds are today; an older version still serves until the next build."""
+        return PRODUCT_IDS_FILE in self.checksums
 
     @property
     def annoy_dimension(self) -> int:
@@ -259,7 +260,7 @@ class Projection:
 
 def index_candidates(
     annoy, vectors: np.ndarray, projection: Projection | None, query: np.ndarray, count: int, search_k: int
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows of Annoy's `count` candidates for a unit `query`, and their exact cosine, best first."""
     searched = projection.apply(query) if projection is not None else query
     rows = np.array(annoy.get_nns_by_vector(searched.tolist(), count, search_k=search_k), dtype=np.int64)
@@ -274,20 +275,22 @@ class LoadedIndex:
     manifest: IndexManifest
     annoy: object
     image_ids: np.ndarray
-    product_ids: np.ndarray
+    product_ids: np.ndarray | None  # None in versions of an older layout
     vectors: np.ndarray  # memory-mapped
     projection: Projection | None
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def nearest(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Image ids and product ids of about the `count` stored vectors nearest to `query`, and
-        their exact cosine, best first."""
+    def search_k(self, count: int) -> int:
+        return max(self.manifest.search_k or settings.INDEX_SEARCH_K, self.manifest.n_trees * count)
+
+    def nearest(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Image ids and product ids (None in an older version) of about the `count` stored vectors
+        nearest to `query`, and their exact cosine, best first."""
         count = min(count, len(self))
-        search_k = max(self.manifest.search_k or settings.INDEX_SEARCH_K, self.manifest.n_trees * count)
-        rows, scores = index_candidates(self.annoy, self.vectors, self.projection, query, count, search_k)
-        return self.image_ids[rows], self.product_ids[rows], scores
+        rows, scores = index_candidates(self.annoy, self.vectors, self.projection, query, count, self.search_k(count))
+        return self.image_ids[rows], None if self.product_ids is None else self.product_ids[rows], scores
 
 
 def load_version(directory: Path, backbone: Backbone) -> LoadedIndex:
@@ -307,17 +310,20 @@ def load_version(directory: Path, backbone: Backbone) -> LoadedIndex:
                     raise UnusableIndex(f"{directory / name} does not match its checksum")
             record_verified(directory, manifest)
         image_ids = np.load(directory / IDS_FILE, allow_pickle=False)
-        product_ids = np.load(directory / PRODUCT_IDS_FILE, allow_pickle=False)
+        product_ids = np.load(directory / PRODUCT_IDS_FILE, allow_pickle=False) if manifest.current_layout else None
         vectors = np.load(directory / VECTORS_FILE, mmap_mode="r", allow_pickle=False)
         projection = Projection.load(directory / PROJECTION_FILE) if manifest.projected_dimension else None
         annoy = AnnoyIndex(manifest.annoy_dimension, manifest.metric)
         annoy.load(str(directory / INDEX_FILE), prefault=False)
     except (OSError, ValueError, EOFError) as exc:  # missing or unreadable files, Annoy's own refusals
         raise UnusableIndex(f"cannot read {directory}: {exc}") from exc
-    expected = (np.int64, (manifest.items,), np.int64, (manifest.items,), (manifest.items, manifest.dimension))
-    found = (image_ids.dtype, image_ids.shape, product_ids.dtype, product_ids.shape, vectors.shape)
-    if found != expected or vectors.dtype != VECTOR_DTYPE:
+    ids = (np.int64, (manifest.items,))
+    if (image_ids.dtype, image_ids.shape) != ids or vectors.shape != (manifest.items, manifest.dimension):
         raise UnusableIndex(f"{directory} holds arrays of the wrong type or shape")
+    if product_ids is not None and (product_ids.dtype, product_ids.shape) != ids:
+        raise UnusableIndex(f"{directory / PRODUCT_IDS_FILE} has the wrong type or shape")
+    if vectors.dtype not in (VECTOR_DTYPE, np.float16):  # float16: versions of the older layout
+        raise UnusableIndex(f"{directory / VECTORS_FILE} holds {vectors.dtype} vectors")
     if projection is not None and projection.axes.shape != (manifest.projected_dimension, manifest.dimension):
         raise UnusableIndex(f"{directory / PROJECTION_FILE} has the wrong shape")
     # Annoy only checks that the file size fits the dimension: compare one of its vectors too.

@@ -16,7 +16,7 @@ from recommender.retrieval import build, build_index, current_manifest, index_is
 from recommender.retrieval.reader import IndexReader, _readers
 from recommender.retrieval.search import candidate_images
 from recommender.retrieval.vectors import embedding_matrix
-from recommender.retrieval.versions import current_version_dir
+from recommender.retrieval.versions import current_version_dir, file_checksum
 from tests.helpers import ROOT, stored_vector
 from tests.processes import wait_until
 
@@ -180,23 +180,38 @@ def test_products_come_from_the_index_and_postgresql_corrects_it(
     assert len({neighbour.product.pk for neighbour in again}) == 5
 
 
-def test_a_version_of_an_older_layout_is_rebuilt(embedded_catalogue):
+def test_a_version_of_the_older_layout_serves_until_it_is_rebuilt(embedded_catalogue, settings):
+    settings.INDEX_PROJECTED_DIMENSION = 0  # versions of the older layout held the vectors themselves
     build_index(LITE2)
     directory = current_version_dir(LITE2)
     manifest = json.loads((directory / "manifest.json").read_text())
-    del manifest["checksums"]["product_ids.npy"]  # as versions built before product ids were kept
+    # As versions were built before product ids were kept: float16 vectors, no product_ids.npy.
+    del manifest["checksums"]["product_ids.npy"]
     (directory / "product_ids.npy").unlink()
+    np.save(directory / "vectors.npy", np.load(directory / "vectors.npy").astype(np.float16))
+    manifest["checksums"]["vectors.npy"] = file_checksum(directory / "vectors.npy")
     (directory / "manifest.json").write_text(json.dumps(manifest))
     IndexVersion.objects.update(manifest=manifest)
     _readers.clear()
 
-    assert candidate_images(query_vector(), 5, LITE2).source == "exact"
+    assert candidate_images(query_vector(), 5, LITE2).source == "index"
+    assert len({neighbour.product.pk for neighbour in nearest_products(query_vector(), LITE2, k=5)}) == 5
     assert index_is_stale(LITE2)
     assert build_index(LITE2).reason == "built"
-    assert candidate_images(query_vector(), 5, LITE2).source == "index"
+    assert current_manifest(LITE2).current_layout
 
 
-def test_new_embeddings_are_looked_for_once_per_check_interval(embedded_catalogue, settings, monkeypatch):
+def test_changing_the_projected_dimension_makes_the_index_stale(embedded_catalogue, settings):
+    build_index(LITE2)
+    assert not index_is_stale(LITE2)
+    settings.INDEX_PROJECTED_DIMENSION = 64
+    assert index_is_stale(LITE2)
+    assert build_index(LITE2).manifest.projected_dimension == 64
+
+
+def test_new_embeddings_are_looked_for_once_per_check_interval(
+    embedded_catalogue, settings, monkeypatch, django_assert_num_queries
+):
     from recommender.retrieval import reader
 
     settings.RECENT_EMBEDDINGS_CHECK_SECONDS = 2
@@ -211,12 +226,41 @@ def test_new_embeddings_are_looked_for_once_per_check_interval(embedded_catalogu
     ImageEmbedding.objects.filter(image=image, backbone=LITE2.name).update(vector=query, computed_at=timezone.now())
 
     clock[0] += 1.5
-    assert image.pk not in candidate_images(query, 1, LITE2).image_ids  # checked 1.5 s ago
+    with django_assert_num_queries(0):  # checked 1.5 s ago: not asked again
+        assert image.pk not in candidate_images(query, 5, LITE2).image_ids
     clock[0] += 1.0
-    assert candidate_images(query, 2, LITE2).image_ids.tolist()[:2] in (
-        [image.pk, ProductImage.objects.order_by("pk")[7].pk],
-        [ProductImage.objects.order_by("pk")[7].pk, image.pk],
-    )
+    assert image.pk in candidate_images(query, 2, LITE2).image_ids
+
+
+def test_a_build_reads_back_the_rows_it_wrote(tmp_path):
+    vectors = np.random.default_rng(3).normal(size=(50, 7)).astype(np.float32)
+    with (tmp_path / "vectors.npy").open("w+b") as file:
+        np.lib.format.write_array_header_1_0(file, {"descr": "<f4", "fortran_order": False, "shape": (50, 7)})
+        rows = build.MatrixRows(file, 50, 7)
+        file.write(vectors.tobytes())
+        file.flush()
+        assert np.array_equal(rows[np.array([0, 49, 3, 3])], vectors[[0, 49, 3, 3]])
+        assert rows[np.array([], np.int64)].shape == (0, 7)
+    assert np.array_equal(np.load(tmp_path / "vectors.npy"), vectors)
+
+
+def test_calibration_counts_an_identical_photo_as_found():
+    from annoy import AnnoyIndex
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(400, 16)).astype(np.float32)
+    vectors[200:] = vectors[:200]  # every photo twice
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    annoy = AnnoyIndex(16, "angular")
+    for row, vector in enumerate(vectors.tolist()):
+        annoy.add_item(row, vector)
+    annoy.build(10)
+    calibration = build.Calibration(np.arange(0, 400, 8), vectors[::8])
+    calibration.add(0, vectors)
+
+    # Exact search over everything: whichever twin ranks first, the recall is whole.
+    assert calibration.recall(annoy, vectors, None, search_k=400 * 10) == 1.0
+    assert calibration.search_k(annoy, vectors, None, 0.99) == build.SEARCH_K_STEPS[0]
 
 
 def test_corrupt_index_file_falls_back_to_exact_search(embedded_catalogue, caplog):
