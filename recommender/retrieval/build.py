@@ -31,6 +31,7 @@ from .versions import (
     MANIFEST_FILE,
     METRIC,
     PRODUCT_IDS_FILE,
+    PROJECTED_METRIC,
     PROJECTION_FILE,
     VECTOR_DTYPE,
     VECTORS_FILE,
@@ -225,7 +226,8 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
                 _vectors_of(pks[_sample_rows(len(pks), PROJECTION_SAMPLE)], backbone), projected
             )
             projection.save(partial / PROJECTION_FILE)
-        annoy = AnnoyIndex(projected or backbone.dimension, METRIC)
+        metric = PROJECTED_METRIC if projected else METRIC
+        annoy = AnnoyIndex(projected or backbone.dimension, metric)
         annoy.on_disk_build(str(partial / INDEX_FILE))
         with (partial / VECTORS_FILE).open("w+b") as matrix:
             header = {
@@ -253,7 +255,7 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
             dimension=backbone.dimension,
             items=len(image_ids),
             n_trees=n_trees,
-            metric=METRIC,
+            metric=metric,
             built_at=timezone.now().isoformat(),
             build_seconds=round(time.monotonic() - started, 3),
             embeddings_until=stamp.latest.isoformat() if stamp.latest else None,

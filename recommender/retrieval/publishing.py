@@ -82,7 +82,15 @@ def _remove_old_publications(space: str) -> None:
 def published_manifest(backbone: Backbone) -> IndexManifest | None:
     """The manifest of the version every host serves; before the first publication, this host's own."""
     record = IndexVersion.objects.current(backbone.name)
-    return IndexManifest(**record.manifest) if record else current_manifest(backbone)
+    if record is None:
+        return current_manifest(backbone)
+    try:
+        return IndexManifest(**record.manifest)
+    except (TypeError, ValueError) as exc:
+        logger.error(
+            "The published %s index %s is invalid (%s): the next build replaces it", backbone.name, record.version, exc
+        )
+        return None
 
 
 def fetch(record: IndexVersion, backbone: Backbone) -> Path:

@@ -34,7 +34,8 @@ def test_build_writes_a_verified_version_and_switches_to_it(embedded_catalogue, 
 
     assert result.reason == "built"
     manifest = result.manifest
-    assert (manifest.items, manifest.dimension, manifest.metric, manifest.backbone) == (60, 1280, "angular", LITE2.name)
+    assert (manifest.items, manifest.dimension, manifest.backbone) == (60, 1280, LITE2.name)
+    assert manifest.metric == "euclidean"  # on the centred projection
     directory = current_version_dir(LITE2)
     assert directory == index_dir / LITE2.name / "versions" / manifest.version
     assert set(manifest.checksums) == {"items.ann", "image_ids.npy", "product_ids.npy", "vectors.npy", "projection.npy"}
@@ -73,7 +74,7 @@ def test_a_space_with_few_dimensions_is_indexed_as_it_is(embedded_catalogue, set
     settings.INDEX_PROJECTED_DIMENSION = 1280
     manifest = build_index(LITE2).manifest
 
-    assert manifest.projected_dimension is None
+    assert (manifest.projected_dimension, manifest.metric) == (None, "angular")
     assert set(manifest.checksums) == {"items.ann", "image_ids.npy", "product_ids.npy", "vectors.npy"}
     matrix = embedding_matrix(LITE2)
     query = query_vector(5)

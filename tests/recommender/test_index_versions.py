@@ -67,7 +67,7 @@ def rebuilt_annoy(change, *, vectors_too: bool = False):
         if manifest["projected_dimension"] and not vectors_too:
             vectors = Projection.load(directory / "projection.npy").apply(vectors)
         vectors = np.ascontiguousarray(change(vectors))
-        annoy = AnnoyIndex(vectors.shape[1], "angular")
+        annoy = AnnoyIndex(vectors.shape[1], manifest["metric"])
         for row, vector in enumerate(vectors):
             annoy.add_item(row, vector)
         annoy.build(5)
@@ -82,7 +82,7 @@ def rebuilt_annoy(change, *, vectors_too: bool = False):
 
 
 ODD_VERSIONS = {
-    "unknown metric": fields(metric="euclidean"),
+    "metric of an unprojected index": fields(metric="angular"),
     "bogus metric": fields(metric="bogus"),
     "dimension as a string": fields(dimension="1280"),
     "fractional dimension": fields(dimension=12.5),
