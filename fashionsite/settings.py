@@ -219,9 +219,9 @@ INDEX_TREES = env_int("INDEX_TREES", 25)
 INDEX_TARGET_RECALL = float(env_str("INDEX_TARGET_RECALL", "0.993"))
 INDEX_SEARCH_K = env_int("INDEX_SEARCH_K", 40000)
 # A space with more dimensions is indexed on its first principal axes, and candidates re-ranked in
-# full (0: never): Annoy is ~10x faster at the same recall for the 1280-d backbone vectors. 96 axes
-# found more at each search_k than 128 or 64 (48 lose too much) on the shared catalogue's vectors.
-INDEX_PROJECTED_DIMENSION = env_int("INDEX_PROJECTED_DIMENSION", 96)
+# full (0: never): Annoy is ~10x faster at the same recall for the 1280-d backbone vectors. 128 did
+# best on the 45,000-product benchmark's real vectors (96 did on the 8,149 shared ones; 48 lose too much).
+INDEX_PROJECTED_DIMENSION = env_int("INDEX_PROJECTED_DIMENSION", 128)
 # How often a process looks for embeddings written since its index was built: a newly embedded
 # photo is searchable at most this long after its embedding is stored.
 RECENT_EMBEDDINGS_CHECK_SECONDS = float(env_str("RECENT_EMBEDDINGS_CHECK_SECONDS", "2"))

@@ -39,7 +39,7 @@ def test_build_writes_a_verified_version_and_switches_to_it(embedded_catalogue, 
     directory = current_version_dir(LITE2)
     assert directory == index_dir / LITE2.name / "versions" / manifest.version
     assert set(manifest.checksums) == {"items.ann", "image_ids.npy", "product_ids.npy", "vectors.npy", "projection.npy"}
-    assert manifest.projected_dimension == 96  # INDEX_PROJECTED_DIMENSION: Annoy searches 96 principal axes
+    assert manifest.projected_dimension == 128  # INDEX_PROJECTED_DIMENSION: Annoy searches 128 principal axes
     assert json.loads((directory / "manifest.json").read_text())["version"] == manifest.version
     vectors = np.load(directory / "vectors.npy")
     assert vectors.dtype == np.float32
