@@ -122,9 +122,7 @@ def measure_build(dimension: int, space: str, queries: int) -> dict:
     manifest = result.manifest
     index = IndexReader(backbone).get()
     rows = np.sort(np.random.default_rng(1).choice(manifest.items, size=queries, replace=False))
-    calibration = Calibration(rows, np.asarray(index.vectors[rows], np.float32))  # the build's own recall measure
-    for start in range(0, manifest.items, 100_000):
-        calibration.add(start, np.asarray(index.vectors[start : start + 100_000], np.float32))
+    calibration = Calibration.of_index(index, rows)  # the build's own recall measure
     search_k = index.search_k(5 * CANDIDATES_PER_RESULT)
     recall = calibration.recall(index.annoy, index.vectors, index.projection, search_k)
     times = []

@@ -144,8 +144,7 @@ def measure_search_path(queries: int) -> dict:
     backbone = active_backbone()
     index = index_reader(backbone).get()
     rows = np.sort(np.random.default_rng(0).choice(len(index), size=min(queries, len(index)), replace=False))
-    calibration = Calibration(rows, np.asarray(index.vectors[rows], np.float32))  # the build's own recall measure
-    calibration.add(0, np.asarray(index.vectors, np.float32))
+    calibration = Calibration.of_index(index, rows)  # the build's own recall measure
     search_k = index.search_k(5 * CANDIDATES_PER_RESULT)
     index_ms, path_ms = [], []
     for query in calibration.queries:

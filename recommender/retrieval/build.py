@@ -35,8 +35,8 @@ from .versions import (
     PROJECTION_FILE,
     VECTOR_DTYPE,
     VECTORS_FILE,
-    VERSION_FILES,
     IndexManifest,
+    LoadedIndex,
     Projection,
     backbone_dir,
     file_checksum,
@@ -161,6 +161,14 @@ class Calibration:
         self._best_rows = np.zeros((len(rows), 0), np.int64)
         self._best_scores = np.zeros((len(rows), 0), np.float32)
 
+    @classmethod
+    def of_index(cls, index: LoadedIndex, rows: np.ndarray) -> "Calibration":
+        """Exact top 5 of these rows of a loaded version, for measuring what it serves."""
+        calibration = cls(rows, np.asarray(index.vectors[rows], np.float32))
+        for start in range(0, len(index), 100_000):
+            calibration.add(start, np.asarray(index.vectors[start : start + 100_000], np.float32))
+        return calibration
+
     def add(self, first_row: int, vectors: np.ndarray) -> None:
         scores = self.queries @ vectors.T
         rows = np.broadcast_to(np.arange(first_row, first_row + len(vectors)), scores.shape)
@@ -248,7 +256,6 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
         annoy.unload()
         np.save(partial / IDS_FILE, image_ids)
         np.save(partial / PRODUCT_IDS_FILE, product_ids)
-        written = (*VERSION_FILES, PRODUCT_IDS_FILE, *((PROJECTION_FILE,) if projection else ()))
         manifest = IndexManifest(
             version=version,
             backbone=backbone.name,
@@ -259,7 +266,7 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
             built_at=timezone.now().isoformat(),
             build_seconds=round(time.monotonic() - started, 3),
             embeddings_until=stamp.latest.isoformat() if stamp.latest else None,
-            checksums={name: file_checksum(partial / name) for name in written},
+            checksums={path.name: file_checksum(path) for path in sorted(partial.iterdir())},  # what it wrote
             search_k=search_k,
             projected_dimension=projected,
         )
