@@ -131,6 +131,19 @@ def sizes(stack: Stack) -> dict:
     }
 
 
+def timed(step, queries) -> list[float]:
+    """Milliseconds of each call of `step`, one query after another, after one untimed pass (a
+    serving process has its index's pages in memory)."""
+    for query in queries:
+        step(query)
+    times = []
+    for query in queries:
+        started = time.perf_counter()
+        step(query)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def measure_search_path(queries: int) -> dict:
     """Run inside the stack's environment, on its real vectors: the index step alone (Annoy's
     candidates re-ranked, one thread) with its recall@5 against exact search, and the whole
@@ -146,14 +159,8 @@ def measure_search_path(queries: int) -> dict:
     rows = np.sort(np.random.default_rng(0).choice(len(index), size=min(queries, len(index)), replace=False))
     calibration = Calibration.of_index(index, rows)  # the build's own recall measure
     search_k = index.search_k(5 * CANDIDATES_PER_RESULT)
-    index_ms, path_ms = [], []
-    for query in calibration.queries:
-        started = time.perf_counter()
-        index.nearest(query, 5 * CANDIDATES_PER_RESULT)
-        index_ms.append((time.perf_counter() - started) * 1000)
-        started = time.perf_counter()
-        nearest_products(query, backbone, k=5)
-        path_ms.append((time.perf_counter() - started) * 1000)
+    index_ms = timed(lambda query: index.nearest(query, 5 * CANDIDATES_PER_RESULT), calibration.queries)
+    path_ms = timed(lambda query: nearest_products(query, backbone, k=5), calibration.queries)
     return {
         "backbone": backbone.name,
         "dimension": backbone.dimension,

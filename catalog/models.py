@@ -118,6 +118,29 @@ def _sha256(file) -> str:
     return hashlib.file_digest(file, "sha256").hexdigest()
 
 
+# What a product card (catalog/partials/product_card.html) and the API's product JSON read.
+PRODUCT_CARD_FIELDS = (
+    "sku",
+    "name",
+    "slug",
+    "gender",
+    "master_category",
+    "sub_category",
+    "article_type",
+    "base_colour",
+    "season",
+    "year",
+    "usage",
+)
+
+
+class ProductImageQuerySet(models.QuerySet):
+    def for_cards(self):
+        """With their products, reading only what a product card and the API show of them."""
+        product_fields = [f"product__{name}" for name in PRODUCT_CARD_FIELDS]
+        return self.select_related("product").only("product", "image", "width", "height", *product_fields)
+
+
 class ProductImage(models.Model):
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="images")
     image = ProductImageField(upload_to=product_image_path, width_field="width", height_field="height")
@@ -127,6 +150,8 @@ class ProductImage(models.Model):
     position = models.PositiveSmallIntegerField(default=0, help_text="Lowest comes first and is the primary image.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ProductImageQuerySet.as_manager()
 
     class Meta:
         ordering = ["position", "pk"]

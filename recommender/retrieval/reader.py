@@ -118,21 +118,21 @@ _recent: dict[tuple, _RecentCheck] = {}
 _recent_lock = threading.Lock()
 
 
-def recent_embeddings(backbone: Backbone, since: datetime | None) -> RecentEmbeddings:
-    """What changed since `since`. Checked at most every RECENT_EMBEDDINGS_CHECK_SECONDS (one indexed
-    query), and re-read only when a newer embedding exists."""
-    key = (backbone.name, since)
+def recent_embeddings(index: LoadedIndex, backbone: Backbone) -> RecentEmbeddings:
+    """What changed since `index` was built. Checked at most every RECENT_EMBEDDINGS_CHECK_SECONDS
+    (one indexed query), and re-read only when a newer embedding exists."""
+    key = (backbone.name, index.directory)
     with _recent_lock:
         checked = _recent.get(key)
     if checked is not None and time.monotonic() - checked.at < settings.RECENT_EMBEDDINGS_CHECK_SECONDS:
         return checked.recent
     rows = ImageEmbedding.objects.for_backbone(backbone)
-    if since is not None:
-        rows = rows.filter(computed_at__gt=since - DELTA_OVERLAP)
+    if index.manifest.until is not None:
+        rows = rows.filter(computed_at__gt=index.manifest.until - DELTA_OVERLAP)
     checked_at = time.monotonic()
     latest = rows.order_by("-computed_at").values_list("computed_at", flat=True).first()
     if checked is None or checked.latest != latest:
-        checked = _RecentCheck(latest, checked_at, _read_recent(rows, backbone))
+        checked = _RecentCheck(latest, checked_at, _read_recent(rows, index, backbone))
     checked.at = checked_at
     with _recent_lock:
         for older in [other for other in _recent if other[0] == backbone.name]:
@@ -141,7 +141,9 @@ def recent_embeddings(backbone: Backbone, since: datetime | None) -> RecentEmbed
     return checked.recent
 
 
-def _read_recent(rows, backbone: Backbone) -> RecentEmbeddings:
+def _read_recent(rows, index: LoadedIndex, backbone: Backbone) -> RecentEmbeddings:
+    """The embeddings `index` does not hold as they are. The rows read again for DELTA_OVERLAP
+    are mostly in it already: left out, they cost searches nothing."""
     fresh_ids, product_ids, vectors, withdrawn = [], [], [], []
     for image_id, product_id, status, vector in rows.values_list("image_id", "image__product_id", "status", "vector"):
         if status == ImageEmbedding.Status.DONE:
@@ -150,9 +152,10 @@ def _read_recent(rows, backbone: Backbone) -> RecentEmbeddings:
             vectors.append(vector)
         else:
             withdrawn.append(image_id)
+    fresh_ids, product_ids = np.array(fresh_ids, dtype=np.int64), np.array(product_ids, dtype=np.int64)
+    vectors = np.vstack(vectors) if vectors else np.zeros((0, backbone.dimension), np.float32)
+    new = ~index.holds(fresh_ids, product_ids, vectors)
+    withdrawn = np.array(withdrawn, dtype=np.int64)
     return RecentEmbeddings(
-        np.array(fresh_ids, dtype=np.int64),
-        np.array(product_ids, dtype=np.int64),
-        np.vstack(vectors) if vectors else np.zeros((0, backbone.dimension), np.float32),
-        np.array(withdrawn, dtype=np.int64),
+        fresh_ids[new], product_ids[new], vectors[new], withdrawn[np.isin(withdrawn, index.image_ids)]
     )

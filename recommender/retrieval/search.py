@@ -53,7 +53,7 @@ def candidate_images(query: np.ndarray, count: int, backbone: Backbone) -> Candi
         return Candidates(image_ids, scores, len(matrix), "exact")
 
     image_ids, product_ids, scores = index.nearest(query, count)
-    recent = recent_embeddings(backbone, index.manifest.until)
+    recent = recent_embeddings(index, backbone)
     if len(recent.image_ids) or len(recent.withdrawn):
         # Embeddings newer than the index replace what it holds for the same images.
         keep = ~np.isin(image_ids, np.concatenate([recent.image_ids, recent.withdrawn]))
@@ -148,8 +148,7 @@ def _first_of_each_product(
 
 def _neighbours(chosen: list[tuple[int, int, float]]) -> list[Neighbour]:
     """The chosen images as objects, leaving out any deleted or moved to another product since."""
-    shown = ProductImage.objects.select_related("product").defer("product__search_document").order_by()
-    by_id = shown.in_bulk([image_id for image_id, _, _ in chosen])
+    by_id = ProductImage.objects.for_cards().order_by().in_bulk([image_id for image_id, _, _ in chosen])
     return [
         Neighbour(by_id[image_id].product, by_id[image_id], float(score))
         for image_id, product_id, score in chosen

@@ -21,6 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +288,22 @@ class LoadedIndex:
 
     def search_k(self, count: int) -> int:
         return max(self.manifest.search_k or settings.INDEX_SEARCH_K, self.manifest.n_trees * count)
+
+    def holds(self, image_ids: np.ndarray, product_ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """Which of these embeddings this version already holds as they are: same image, same
+        product, same vector."""
+        if not len(self) or not len(image_ids):
+            return np.zeros(len(image_ids), bool)
+        positions = np.searchsorted(self.image_ids, image_ids, sorter=self._image_id_order)
+        rows = self._image_id_order[np.minimum(positions, len(self) - 1)]
+        held = self.image_ids[rows] == image_ids
+        if self.product_ids is not None:
+            held &= self.product_ids[rows] == product_ids
+        return held & (np.asarray(self.vectors[rows]) == vectors).all(axis=1)
+
+    @cached_property
+    def _image_id_order(self) -> np.ndarray:
+        return np.argsort(self.image_ids, kind="stable")
 
     def nearest(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Image ids and product ids (None in an older version) of about the `count` stored vectors

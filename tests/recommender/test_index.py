@@ -7,10 +7,13 @@ import time
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.template.loader import render_to_string
+from django.test import RequestFactory
 from django.utils import timezone
 
 from catalog.models import ProductImage
 from recommender.encoding.backbones import get_backbone
+from recommender.api import product_json
 from recommender.models import ImageEmbedding, IndexVersion
 from recommender.retrieval import build, build_index, current_manifest, index_is_stale, nearest_products
 from recommender.retrieval.reader import IndexReader, _readers
@@ -166,7 +169,16 @@ def test_products_come_from_the_index_and_postgresql_corrects_it(
     candidate_images(query, 40, LITE2)  # loads the index
     with django_assert_num_queries(1):  # which image shows which product is in the index: only the five are read
         first = nearest_products(query, LITE2, k=5)
+        # Showing them reads nothing more: the one query loaded what cards and the API show.
+        request = RequestFactory().get("/")
+        shown = [product_json(request, neighbour.product, neighbour.image) for neighbour in first]
+        cards = [
+            render_to_string("catalog/partials/product_card.html", {"product": n.product, "image": n.image})
+            for n in first
+        ]
     assert len({neighbour.product.pk for neighbour in first}) == 5
+    assert [item["sku"] for item in shown] == [neighbour.product.sku for neighbour in first]
+    assert all(neighbour.image.image.url in card for neighbour, card in zip(first, cards))
 
     # Since the build, the best match's photo moved to another product and the second one was deleted.
     moved, deleted = first[0].image, first[1].image
@@ -231,6 +243,31 @@ def test_new_embeddings_are_looked_for_once_per_check_interval(
         assert image.pk not in candidate_images(query, 5, LITE2).image_ids
     clock[0] += 1.0
     assert image.pk in candidate_images(query, 2, LITE2).image_ids
+
+
+def test_recent_embeddings_leave_out_what_the_index_holds(embedded_catalogue):
+    from recommender.retrieval.reader import index_reader, recent_embeddings
+
+    build_index(LITE2)
+    index = index_reader(LITE2).get()
+    # The embeddings written within DELTA_OVERLAP of the build's newest are read again: the index
+    # holds them as they are.
+    images = list(ProductImage.objects.order_by("pk")[:3])
+    ImageEmbedding.objects.filter(image__in=images[:2], backbone=LITE2.name).update(computed_at=index.manifest.until)
+    recent = recent_embeddings(index, LITE2)
+    assert len(recent.image_ids) == 0 and len(recent.withdrawn) == 0
+
+    # Within that overlap, one committed late (the build never saw its vector) and one whose photo
+    # moved to another product; since the build, one that failed: each is news to the index.
+    ImageEmbedding.objects.filter(image=images[0], backbone=LITE2.name).update(vector=query_vector(9))
+    ProductImage.objects.filter(pk=images[1].pk).update(product=images[2].product)
+    ImageEmbedding.objects.filter(image=images[2], backbone=LITE2.name).update(
+        status=ImageEmbedding.Status.FAILED, vector=None, computed_at=timezone.now()
+    )
+    recent = recent_embeddings(index, LITE2)
+    assert sorted(recent.image_ids.tolist()) == [images[0].pk, images[1].pk]
+    assert recent.withdrawn.tolist() == [images[2].pk]
+    assert np.array_equal(recent.vectors[recent.image_ids.tolist().index(images[0].pk)], query_vector(9))
 
 
 def test_a_build_reads_back_the_rows_it_wrote(tmp_path):
