@@ -156,6 +156,4 @@ def _read_recent(rows, index: LoadedIndex, backbone: Backbone) -> RecentEmbeddin
     vectors = np.vstack(vectors) if vectors else np.zeros((0, backbone.dimension), np.float32)
     new = ~index.holds(fresh_ids, product_ids, vectors)
     withdrawn = np.array(withdrawn, dtype=np.int64)
-    return RecentEmbeddings(
-        fresh_ids[new], product_ids[new], vectors[new], withdrawn[np.isin(withdrawn, index.image_ids)]
-    )
+    return RecentEmbeddings(fresh_ids[new], product_ids[new], vectors[new], withdrawn[index.contains(withdrawn)])

@@ -289,21 +289,31 @@ class LoadedIndex:
     def search_k(self, count: int) -> int:
         return max(self.manifest.search_k or settings.INDEX_SEARCH_K, self.manifest.n_trees * count)
 
+    def contains(self, image_ids: np.ndarray) -> np.ndarray:
+        """Which of these images this version holds."""
+        return self._rows_of(image_ids)[1]
+
     def holds(self, image_ids: np.ndarray, product_ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """Which of these embeddings this version already holds as they are: same image, same
         product, same vector."""
-        if not len(self) or not len(image_ids):
-            return np.zeros(len(image_ids), bool)
-        positions = np.searchsorted(self.image_ids, image_ids, sorter=self._image_id_order)
-        rows = self._image_id_order[np.minimum(positions, len(self) - 1)]
-        held = self.image_ids[rows] == image_ids
+        rows, held = self._rows_of(image_ids)
+        if not held.any():
+            return held
         if self.product_ids is not None:
             held &= self.product_ids[rows] == product_ids
         return held & (np.asarray(self.vectors[rows]) == vectors).all(axis=1)
 
+    def _rows_of(self, image_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each image's row in this version, and whether it is there at all."""
+        if not len(self):
+            return np.zeros(len(image_ids), np.int64), np.zeros(len(image_ids), bool)
+        positions = np.searchsorted(self.image_ids, image_ids, sorter=self._image_id_order)
+        rows = self._image_id_order[np.minimum(positions, len(self) - 1)]
+        return rows, self.image_ids[rows] == image_ids
+
     @cached_property
     def _image_id_order(self) -> np.ndarray:
-        return np.argsort(self.image_ids, kind="stable")
+        return np.argsort(self.image_ids)
 
     def nearest(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Image ids and product ids (None in an older version) of about the `count` stored vectors

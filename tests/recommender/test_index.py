@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from catalog.models import ProductImage
-from recommender.encoding.backbones import get_backbone
 from recommender.api import product_json
+from recommender.encoding.backbones import get_backbone
 from recommender.models import ImageEmbedding, IndexVersion
 from recommender.retrieval import build, build_index, current_manifest, index_is_stale, nearest_products
 from recommender.retrieval.reader import IndexReader, _readers
@@ -243,6 +244,20 @@ def test_new_embeddings_are_looked_for_once_per_check_interval(
         assert image.pk not in candidate_images(query, 5, LITE2).image_ids
     clock[0] += 1.0
     assert image.pk in candidate_images(query, 2, LITE2).image_ids
+
+
+def test_an_index_tells_which_embeddings_it_holds_as_they_are():
+    from recommender.retrieval.versions import LoadedIndex
+
+    image_ids, product_ids = np.array([30, 10, 20]), np.array([3, 1, 2])
+    index = LoadedIndex(Path("v"), None, None, image_ids, product_ids, np.eye(3, dtype=np.float32), None)
+    asked = np.array([10, 20, 40, 30, 10])
+    vectors = np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0], [1, 0, 0], [0, 1, 1]], np.float32)
+    # Held; moved to another product; not in the index; held; another vector.
+    assert index.holds(asked, np.array([1, 9, 4, 3, 1]), vectors).tolist() == [True, False, False, True, False]
+    assert index.contains(asked).tolist() == [True, True, False, True, True]
+    empty = LoadedIndex(Path("v"), None, None, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3)), None)
+    assert not empty.holds(asked, asked, vectors).any() and not empty.contains(asked).any()
 
 
 def test_recent_embeddings_leave_out_what_the_index_holds(embedded_catalogue):
