@@ -74,7 +74,7 @@ def similar_products(
 
 
 def _neighbours_from_ids(rows: list[tuple[int, int, float]]) -> list[Neighbour]:
-    images = ProductImage.objects.select_related("product").in_bulk([image_id for _, image_id, _ in rows])
+    images = ProductImage.objects.for_cards().in_bulk([image_id for _, image_id, _ in rows])
     return [
         Neighbour(images[image_id].product, images[image_id], score)
         for _, image_id, score in rows

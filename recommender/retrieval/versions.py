@@ -307,13 +307,17 @@ class LoadedIndex:
         """Each image's row in this version, and whether it is there at all."""
         if not len(self):
             return np.zeros(len(image_ids), np.int64), np.zeros(len(image_ids), bool)
-        positions = np.searchsorted(self.image_ids, image_ids, sorter=self._image_id_order)
-        rows = self._image_id_order[np.minimum(positions, len(self) - 1)]
+        order = self._image_id_order
+        rows = np.minimum(np.searchsorted(self.image_ids, image_ids, sorter=order), len(self) - 1)
+        if order is not None:
+            rows = order[rows]
         return rows, self.image_ids[rows] == image_ids
 
     @cached_property
-    def _image_id_order(self) -> np.ndarray:
-        return np.argsort(self.image_ids)
+    def _image_id_order(self) -> np.ndarray | None:
+        """None when the ids are in order already, as builds write them."""
+        ids = self.image_ids
+        return None if np.all(ids[:-1] <= ids[1:]) else np.argsort(ids)
 
     def nearest(self, query: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Image ids and product ids (None in an older version) of about the `count` stored vectors

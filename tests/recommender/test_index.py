@@ -246,6 +246,21 @@ def test_new_embeddings_are_looked_for_once_per_check_interval(
     assert image.pk in candidate_images(query, 2, LITE2).image_ids
 
 
+@pytest.mark.parametrize("needed", [1, 1000, 1001, 1500, 2100, 4000, 4301, 164_800, 200_000])
+def test_calibration_chooses_the_smallest_step_that_reaches_the_target(monkeypatch, needed):
+    tried = []
+
+    def recall(self, annoy, vectors, projection, search_k):  # rises with search_k, reaching 0.99 at `needed`
+        tried.append(search_k)
+        return 0.99 * min(1.0, search_k / needed)
+
+    monkeypatch.setattr(build.Calibration, "recall", recall)
+    chosen = build.Calibration(np.zeros(0, np.int64), np.zeros((0, 4), np.float32)).search_k(None, None, None, 0.99)
+    reaching = [step for step in build.SEARCH_K_STEPS if step >= needed]
+    assert chosen == (reaching[0] if reaching else build.SEARCH_K_STEPS[-1])
+    assert len(tried) <= len(build.SEARCH_K_STEPS[::2]) + 1  # every other step, then one between
+
+
 def test_an_index_tells_which_embeddings_it_holds_as_they_are():
     from recommender.retrieval.versions import LoadedIndex
 
