@@ -136,9 +136,11 @@ PRODUCT_CARD_FIELDS = (
 
 class ProductImageQuerySet(models.QuerySet):
     def for_cards(self):
-        """With their products, reading only what a product card and the API show of them."""
+        """With their products, reading only what a product card and the API show of them (in no
+        particular order: callers pick them by id)."""
         product_fields = [f"product__{name}" for name in PRODUCT_CARD_FIELDS]
-        return self.select_related("product").only("product", "image", "width", "height", *product_fields)
+        only = self.select_related("product").only("product", "image", "width", "height", *product_fields)
+        return only.order_by()
 
 
 class ProductImage(models.Model):

@@ -29,15 +29,14 @@ from .versions import (
     IDS_FILE,
     INDEX_FILE,
     MANIFEST_FILE,
-    METRIC,
     PRODUCT_IDS_FILE,
-    PROJECTED_METRIC,
     PROJECTION_FILE,
     VECTOR_DTYPE,
     VECTORS_FILE,
     IndexManifest,
     LoadedIndex,
     Projection,
+    annoy_metric,
     backbone_dir,
     file_checksum,
     fsync,
@@ -227,7 +226,7 @@ def _write_version(backbone: Backbone, n_trees: int, stamp: EmbeddingStamp) -> I
                 _vectors_of(pks[_sample_rows(len(pks), PROJECTION_SAMPLE)], backbone), projected
             )
             projection.save(partial / PROJECTION_FILE)
-        metric = PROJECTED_METRIC if projected else METRIC
+        metric = annoy_metric(projected)
         annoy = AnnoyIndex(projected or backbone.dimension, metric)
         annoy.on_disk_build(str(partial / INDEX_FILE))
         with (partial / VECTORS_FILE).open("w+b") as matrix:

@@ -148,7 +148,7 @@ def _first_of_each_product(
 
 def _neighbours(chosen: list[tuple[int, int, float]]) -> list[Neighbour]:
     """The chosen images as objects, leaving out any deleted or moved to another product since."""
-    by_id = ProductImage.objects.for_cards().order_by().in_bulk([image_id for image_id, _, _ in chosen])
+    by_id = ProductImage.objects.for_cards().in_bulk([image_id for image_id, _, _ in chosen])
     return [
         Neighbour(by_id[image_id].product, by_id[image_id], float(score))
         for image_id, product_id, score in chosen

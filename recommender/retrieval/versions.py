@@ -49,6 +49,13 @@ METRIC = "angular"  # for unit vectors indexed as they are: the angle is the cos
 # For a centred projection: Euclidean distance there stands for the full space's (hence cosine's)
 # order, where angles around the sample mean do not (half the search_k for the same recall at 45k).
 PROJECTED_METRIC = "euclidean"
+
+
+def annoy_metric(projected_dimension: int | None) -> str:
+    """The Annoy metric of a version indexed on that many principal axes (None: as it is)."""
+    return PROJECTED_METRIC if projected_dimension else METRIC
+
+
 # An embedding's computed_at is taken just before its transaction commits, so one may miss a
 # build's snapshot yet be older than it: the reader's delta looks this far back, and duplicates
 # are merged by image id.
@@ -93,7 +100,7 @@ class IndexManifest:
             "dimension": _is_count(self.dimension, least=1),
             "items": _is_count(self.items, least=0),
             "n_trees": _is_count(self.n_trees, least=1),
-            "metric": self.metric == (PROJECTED_METRIC if self.projected_dimension else METRIC),
+            "metric": self.metric == annoy_metric(self.projected_dimension),
             "built_at": _is_timestamp(self.built_at),
             "build_seconds": type(self.build_seconds) in (int, float),
             "embeddings_until": self.embeddings_until is None or _is_timestamp(self.embeddings_until),
