@@ -3,9 +3,12 @@ backbone's features.
 
 The head's input is what the frozen backbone already gives (its unit vector, the one stored for
 every catalogue photo) and a colour histogram of the product's pixels (ImageNet features barely see
-colour); its output is a unit vector of 256: half learned (a small MLP trained on the catalogue's
-labels), half kept (the backbone vector's 128 principal components, which keep "this very item").
-It runs in numpy, so a trained model costs a photo search next to nothing beyond the backbone.
+colour). Its output is one unit vector of three parts: kept (the backbone vector's 128 principal
+components, which keep "this very item"), learned (a small MLP trained on the catalogue's labels,
+weighted against the kept part by `learned_weight`), and label blocks (the square roots of a linear
+classifier's probabilities for article type and colour family, so that products predicted to share
+a label come closer). It runs in numpy, so a trained model costs a photo search next to nothing
+beyond the backbone.
 
 A trained model is a directory under TRAINED_MODEL_DIR/<version>/: `head.npz` (the
 weights) and `model.json` (the manifest: the backbone it needs, the label maps, the metrics of its
@@ -69,16 +72,42 @@ class BackboneProjection:
 
 
 @dataclass(frozen=True)
-class ProjectionHead:
-    """Dense layers with ReLU between them (the learned half) beside a BackboneProjection of the
-    backbone's vector (the kept half), the two halves of unit length each; the output is L2-normalised."""
+class LabelBlock:
+    """A linear classifier of one label on the head's inputs. Its block of the vector is the square
+    root of its class probabilities times `weight`: two photos' blocks multiply to how much their
+    predicted labels agree (the Bhattacharyya coefficient), so it pulls together products of one
+    kind without overruling the look of the very item."""
 
-    layers: list[tuple[np.ndarray, np.ndarray]]  # (weights (in, out), bias (out,)) per layer
-    kept: BackboneProjection | None = None
+    weights: np.ndarray  # (inputs, classes)
+    bias: np.ndarray  # (classes,)
+    weight: float
 
     @property
     def dimension(self) -> int:
-        return self.layers[-1][0].shape[1] + (self.kept.components.shape[1] if self.kept else 0)
+        return self.weights.shape[1]
+
+    def apply(self, inputs: np.ndarray) -> np.ndarray:
+        logits = np.asarray(inputs, np.float32) @ self.weights + self.bias
+        probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        return self.weight * np.sqrt(probabilities)
+
+
+@dataclass(frozen=True)
+class ProjectionHead:
+    """Dense layers with ReLU between them (the learned part, of length `learned_weight`) beside a
+    BackboneProjection of the backbone's vector (the kept part, of unit length) and LabelBlocks;
+    the output is L2-normalised."""
+
+    layers: list[tuple[np.ndarray, np.ndarray]]  # (weights (in, out), bias (out,)) per layer
+    kept: BackboneProjection | None = None
+    learned_weight: float = 1.0
+    label_blocks: tuple[LabelBlock, ...] = ()
+
+    @property
+    def dimension(self) -> int:
+        kept = self.kept.components.shape[1] if self.kept else 0
+        return kept + self.layers[-1][0].shape[1] + sum(block.dimension for block in self.label_blocks)
 
     @property
     def input_dimension(self) -> int:
@@ -90,10 +119,11 @@ class ProjectionHead:
             x = x @ weights + bias
             if index < len(self.layers) - 1:
                 x = np.maximum(x, 0)
+        parts = [self.learned_weight * _unit_rows(x)]
         if self.kept is not None:
-            backbone_vectors = inputs[:, : self.kept.mean.shape[0]]
-            x = np.hstack([self.kept.apply(backbone_vectors), _unit_rows(x)])
-        return _unit_rows(x)
+            parts.insert(0, self.kept.apply(inputs[:, : self.kept.mean.shape[0]]))
+        parts += [block.apply(inputs) for block in self.label_blocks]
+        return _unit_rows(np.hstack(parts))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -150,6 +180,16 @@ def _read_head(file) -> ProjectionHead:
             kept = BackboneProjection(
                 np.asarray(arrays["kept_mean"], np.float32), np.asarray(arrays["kept_components"], np.float32)
             )
+        learned_weight = float(arrays["learned_weight"]) if "learned_weight" in arrays.files else 1.0
+        blocks = sum(1 for name in arrays.files if name.startswith("block") and name.endswith("_w"))
+        label_blocks = tuple(
+            LabelBlock(
+                np.asarray(arrays[f"block{i}_w"], np.float32),
+                np.asarray(arrays[f"block{i}_b"], np.float32),
+                float(arrays[f"block{i}_weight"]),
+            )
+            for i in range(blocks)
+        )
     if not layers:
         raise ValueError("no layers")
     width = layers[0][0].shape[0] if layers[0][0].ndim == 2 else -1
@@ -159,7 +199,12 @@ def _read_head(file) -> ProjectionHead:
         width = weights.shape[1]
     if kept is not None and (kept.components.ndim != 2 or kept.mean.shape != (kept.components.shape[0],)):
         raise ValueError("the kept projection's shapes do not match")
-    return ProjectionHead(layers, kept)
+    for block in label_blocks:
+        if block.weights.shape[0] != layers[0][0].shape[0] or block.bias.shape != (block.weights.shape[1],):
+            raise ValueError("a label block's shapes do not match the head's inputs")
+    if not all(np.isfinite(weight) and weight > 0 for weight in [learned_weight] + [b.weight for b in label_blocks]):
+        raise ValueError("a part's weight is not a positive number")
+    return ProjectionHead(layers, kept, learned_weight, label_blocks)
 
 
 def models_directory() -> Path:
@@ -176,6 +221,10 @@ def save_model(version: str, head: ProjectionHead, manifest: dict) -> TrainedMod
         arrays[f"w{index}"], arrays[f"b{index}"] = weights.astype(np.float32), bias.astype(np.float32)
     if head.kept is not None:
         arrays["kept_mean"], arrays["kept_components"] = head.kept.mean, head.kept.components
+    arrays["learned_weight"] = np.float32(head.learned_weight)
+    for index, block in enumerate(head.label_blocks):
+        arrays[f"block{index}_w"], arrays[f"block{index}_b"] = block.weights, block.bias
+        arrays[f"block{index}_weight"] = np.float32(block.weight)
     np.savez(staging / HEAD_FILE, **arrays)
     digest = hashlib.sha256((staging / HEAD_FILE).read_bytes()).hexdigest()
     manifest = {**manifest, "version": version, "dimension": head.dimension, "head_sha256": digest}

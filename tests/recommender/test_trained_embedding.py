@@ -36,7 +36,7 @@ def fresh_trained_backbones():
     active.load_trained_backbone.cache_clear()
 
 
-def random_head(inputs: int = 1280 + 64, learned: int = 128, seed: int = 0) -> ProjectionHead:
+def random_head(inputs: int = 1280 + 64, learned: int = 128, seed: int = 0, learned_weight=1.0) -> ProjectionHead:
     """A head of the trained shape (a learned half beside kept components), with random weights."""
     rng = np.random.default_rng(seed)
     components, _ = np.linalg.qr(rng.normal(size=(1280, 128)))
@@ -46,6 +46,7 @@ def random_head(inputs: int = 1280 + 64, learned: int = 128, seed: int = 0) -> P
             (rng.normal(0, 0.2, (64, learned)).astype(np.float32), np.zeros(learned, np.float32)),
         ],
         BackboneProjection(np.zeros(1280, np.float32), components.astype(np.float32)),
+        learned_weight,
     )
 
 
@@ -77,14 +78,19 @@ def test_a_head_gives_unit_vectors_of_its_dimension_half_kept_from_the_backbone(
     kept = head.kept.apply(inputs[:, :1280])
     assert np.allclose(vectors[:, :128] * np.sqrt(2), kept, atol=1e-5), "the kept half, of equal weight"
 
+    lighter = random_head(learned_weight=0.5).apply(inputs)
+    assert np.allclose(np.linalg.norm(lighter[:, :128], axis=1), 1 / np.sqrt(1.25), atol=1e-5)
+    assert np.allclose(np.linalg.norm(lighter[:, 128:], axis=1), 0.5 / np.sqrt(1.25), atol=1e-5)
+
 
 def test_a_saved_model_loads_and_a_damaged_one_says_so(settings):
-    head = random_head()
+    head = random_head(learned_weight=0.8)
     model = save_model("20260101-000000", head, {"base": "efficientnet_lite2", "labels": {"gender": ["Men"]}})
 
     loaded = TrainedModel.load(model.directory)
     assert loaded.base == "efficientnet_lite2" and loaded.manifest["labels"] == {"gender": ["Men"]}
     x = np.ones((2, 1344), np.float32)
+    assert loaded.head.learned_weight == pytest.approx(0.8)
     assert np.allclose(loaded.head.apply(x), head.apply(x))
 
     (model.directory / HEAD_FILE).write_bytes(b"not the weights")
@@ -307,6 +313,39 @@ def test_labels_without_two_classes_to_learn_are_left_out():
 
 
 @pytest.mark.django_db
+def test_label_blocks_bring_photos_of_one_predicted_kind_together_and_survive_saving(settings):
+    from recommender.training import fit_label_blocks
+
+    rng = np.random.default_rng(0)
+    count = 80
+    types, families = np.arange(count) % 2, (np.arange(count) // 2) % 2
+    inputs = rng.normal(0, 0.1, (count, 1344)).astype(np.float32)
+    inputs[:, 0] += np.where(types == 1, 1.0, -1.0)  # each label readable along an axis of its own
+    inputs[:, 1] += np.where(families == 1, 1.0, -1.0)
+    targets = {
+        "article_type": (types, np.ones(2, np.float32), ["Shirts", "Shorts"]),
+        "colour_family": (families, np.ones(2, np.float32), ["blue", "red"]),
+    }
+    view_rows = np.arange(10)
+
+    blocks = fit_label_blocks(inputs, targets, np.arange(60), inputs[view_rows], view_rows)
+
+    held_out = np.arange(60, count)
+    type_block = blocks[0].apply(inputs[held_out]) / blocks[0].weight
+    assert np.allclose((type_block**2).sum(axis=1), 1, atol=1e-5), "square roots of probabilities"
+    assert (type_block.argmax(axis=1) == types[held_out]).all(), "two classes, each its own probability"
+    agreement = type_block @ type_block.T
+    alike = types[held_out][:, None] == types[held_out][None, :]
+    assert agreement[alike].min() > 0.8 and agreement[~alike].max() < 0.5
+
+    base = random_head()
+    head = ProjectionHead(base.layers, base.kept, 0.7, blocks)
+    assert head.dimension == 256 + 4
+    loaded = save_model("20260101-000000", head, {"base": "efficientnet_lite2"}).head
+    assert np.allclose(loaded.apply(inputs), head.apply(inputs), atol=1e-6)
+    assert [block.weight for block in loaded.label_blocks] == pytest.approx([block.weight for block in blocks])
+
+
 def test_a_run_whose_worker_died_is_given_up_and_does_not_block_the_next(embedded_catalogue, settings):
     from datetime import timedelta
 

@@ -22,7 +22,10 @@ class Command(BaseCommand):
             "--shopper-views", type=int, default=2000, help="Products trained with a shopper-like photo."
         )
         parser.add_argument(
-            "--test-photos", type=int, default=300, help="Shopper-like photos of test products to evaluate on."
+            "--test-photos",
+            type=int,
+            default=2000,
+            help="Shopper-like photos of test products to evaluate on (at most one each).",
         )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--activate", action="store_true", help="Activate the model once trained.")
