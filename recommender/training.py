@@ -48,12 +48,12 @@ from .encoding.projection import (
 )
 from .evaluation.metrics import CatalogueVectors, label_precision, photo_search_scores, query_neighbours
 from .evaluation.shopper_photos import shopper_photo
-from .evaluation.split import in_test_split
+from .evaluation.split import in_test_split, in_validation_split
 from .models import EmbeddingModel, ImageEmbedding
 
 logger = logging.getLogger(__name__)
 
-KEPT_COMPONENTS = 128  # principal components of the backbone vector kept in the trained one
+KEPT_COMPONENTS = 192  # principal components of the backbone vector kept in the trained one
 LEARNED_DIMENSION = 64
 # The learned part's length against the kept part's, and the label blocks' (weight, inverse L2
 # strength of their classifier), chosen on a validation split of the training products, never the
@@ -81,11 +81,27 @@ class CatalogueData:
     vectors: np.ndarray
     histograms: np.ndarray
     labels: dict[str, np.ndarray]
-    test: np.ndarray  # in the fixed test split
+    test: np.ndarray  # held out: the fixed test split
+    skus: list[str] = field(default_factory=list)
 
     @property
     def inputs(self) -> np.ndarray:
         return np.hstack([self.vectors, self.histograms])
+
+    def for_validation(self) -> "CatalogueData":
+        """The products outside the test split, the validation split held out instead."""
+        keep = np.nonzero(~self.test)[0]
+        skus = [self.skus[row] for row in keep]
+        return CatalogueData(
+            self.product_ids[keep],
+            [self.checksums[row] for row in keep],
+            [self.names[row] for row in keep],
+            self.vectors[keep],
+            self.histograms[keep],
+            {name: values[keep] for name, values in self.labels.items()},
+            np.array([in_validation_split(sku) for sku in skus]),
+            skus,
+        )
 
 
 class FeatureCache:
@@ -167,6 +183,7 @@ def catalogue_data(base: Backbone, cache: FeatureCache, progress: bool = False) 
         histograms=np.stack(histograms).astype(np.float32),
         labels=labels,
         test=np.array([in_test_split(sku) for sku in columns[4]]),
+        skus=list(columns[4]),
     )
 
 
@@ -397,6 +414,50 @@ def data_fingerprint(data: CatalogueData, train: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def fit_and_evaluate(
+    data: CatalogueData,
+    base: Backbone,
+    cache: FeatureCache,
+    timings: dict,
+    *,
+    epochs: int,
+    shopper_views: int,
+    test_photos: int,
+    seed: int,
+    progress: bool,
+) -> tuple[ProjectionHead, dict, dict]:
+    """Train a head on `data`'s products that are not held out, and evaluate it on those that are:
+    the head, its label targets and the evaluation."""
+    started = time.monotonic()
+    train_rows, view_rows, test_rows = training_rows(data, shopper_views, test_photos, seed)
+    views = shopper_view_inputs(data, list(view_rows), base, cache, seed=0, progress=progress)
+    test_views = shopper_view_inputs(data, list(test_rows), base, cache, seed=1, progress=progress)
+    timings["shopper views"] = time.monotonic() - started
+    targets = label_targets(data, ~data.test)
+    head = fit_head(data.inputs, targets, train_rows, views, view_rows, epochs=epochs, seed=seed, progress=progress)
+    timings["training"] = time.monotonic() - started - timings["shopper views"]
+    return head, targets, evaluate_side_by_side(data, head, test_views, test_rows)
+
+
+def validate_embedding(
+    base: Backbone,
+    *,
+    epochs: int = 40,
+    shopper_views: int = 2000,
+    test_photos: int = 2000,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict:
+    """Train and evaluate as train_embedding does, without the test split's products at all and with
+    the validation split held out instead; nothing is saved. This is where training settings
+    (LEARNED_WEIGHT, LABEL_BLOCKS, ...) are chosen, so that the test split stays unseen."""
+    cache = FeatureCache(base)
+    data = catalogue_data(base, cache, progress).for_validation()
+    options = dict(epochs=epochs, shopper_views=shopper_views, test_photos=test_photos, seed=seed)
+    _, _, evaluation = fit_and_evaluate(data, base, cache, {}, progress=progress, **options)
+    return {**evaluation, "split": "validation"}
+
+
 def train_embedding(
     base: Backbone,
     *,
@@ -415,15 +476,18 @@ def train_embedding(
         cache = FeatureCache(base)
         data = catalogue_data(base, cache, progress)
         train = ~data.test
-        train_rows, view_rows, test_rows = training_rows(data, shopper_views, test_photos, seed)
         timings["features"] = time.monotonic() - started
-        views = shopper_view_inputs(data, list(view_rows), base, cache, seed=0, progress=progress)
-        test_views = shopper_view_inputs(data, list(test_rows), base, cache, seed=1, progress=progress)
-        timings["shopper views"] = time.monotonic() - started - timings["features"]
-        targets = label_targets(data, train)
-        head = fit_head(data.inputs, targets, train_rows, views, view_rows, epochs=epochs, seed=seed, progress=progress)
-        timings["training"] = time.monotonic() - started - timings["features"] - timings["shopper views"]
-        evaluation = evaluate_side_by_side(data, head, test_views, test_rows)
+        head, targets, evaluation = fit_and_evaluate(
+            data,
+            base,
+            cache,
+            timings,
+            epochs=epochs,
+            shopper_views=shopper_views,
+            test_photos=test_photos,
+            seed=seed,
+            progress=progress,
+        )
         manifest = {
             "base": base.name,
             "inputs": "backbone unit vector + 4x4x4 colour histogram",

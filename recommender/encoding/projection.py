@@ -3,7 +3,7 @@ backbone's features.
 
 The head's input is what the frozen backbone already gives (its unit vector, the one stored for
 every catalogue photo) and a colour histogram of the product's pixels (ImageNet features barely see
-colour). Its output is one unit vector of three parts: kept (the backbone vector's 128 principal
+colour). Its output is one unit vector of three parts: kept (the backbone vector's 192 principal
 components, which keep "this very item"), learned (a small MLP trained on the catalogue's labels,
 weighted against the kept part by `learned_weight`), and label blocks (the square roots of a linear
 classifier's probabilities for article type and colour family, so that products predicted to share

@@ -9,5 +9,14 @@ TEST_SHARE = 0.15
 
 
 def in_test_split(sku: str) -> bool:
-    digest = hashlib.sha256(f"test-split:{sku}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") < TEST_SHARE * 2**64
+    return _share(f"test-split:{sku}") < TEST_SHARE
+
+
+def in_validation_split(sku: str) -> bool:
+    """Products outside the test split held out to choose training settings (about TEST_SHARE of
+    them), so that choices are made without looking at the test split."""
+    return not in_test_split(sku) and _share(f"val-split:{sku}") < TEST_SHARE
+
+
+def _share(key: str) -> float:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64

@@ -158,6 +158,13 @@ def test_training_on_a_slice_beats_the_frozen_model_on_its_held_back_products(sh
     )
     assert "trained   colour family" in out.getvalue() and "frozen    shopper photos" in out.getvalue()
 
+    # --validate: the test split left out altogether, the validation split held back; nothing saved.
+    models, out = EmbeddingModel.objects.count(), StringIO()
+    options = ["--epochs", "1", "--shopper-views", "20", "--test-photos", "5"]
+    call_command("train_embedding", "--validate", *options, stdout=out)
+    assert "Validation split:" in out.getvalue() and "trained   article type" in out.getvalue()
+    assert EmbeddingModel.objects.count() == models
+
 
 @pytest.mark.django_db
 def test_activation_embeds_everything_first_then_switches(indexed_catalogue, lite2, client):
@@ -285,6 +292,25 @@ def test_with_a_worker_admin_activation_keeps_search_answering_and_never_mixes(
     assert served[-1] == space.name and set(served) <= {lite2.name, space.name}
     assert ImageEmbedding.objects.for_backbone(space).count() == 60, "complete before the switch"
     assert current_manifest(space).dimension == 256 and current_manifest(lite2).dimension == 1280
+
+
+def test_validation_leaves_the_test_split_out_and_holds_back_products_of_its_own():
+    from recommender.evaluation.split import in_test_split, in_validation_split
+    from recommender.training import CatalogueData
+
+    skus = [str(10000 + i) for i in range(400)]
+    count = len(skus)
+    test = np.array([in_test_split(sku) for sku in skus])
+    data = CatalogueData(
+        np.arange(count), skus, skus, np.zeros((count, 4)), np.zeros((count, 64)), {"sku": np.array(skus)}, test, skus
+    )
+
+    validation = data.for_validation()
+
+    assert len(validation.skus) == count - test.sum() and not any(in_test_split(sku) for sku in validation.skus)
+    assert validation.test.tolist() == [in_validation_split(sku) for sku in validation.skus]
+    assert 0.08 < validation.test.mean() < 0.25, "about 15% of the others are held back"
+    assert validation.labels["sku"].tolist() == validation.checksums == validation.skus, "rows stay aligned"
 
 
 def test_labels_without_two_classes_to_learn_are_left_out():

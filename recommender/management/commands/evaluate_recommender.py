@@ -167,8 +167,13 @@ class Command(BaseCommand):
 
 def print_trained_evaluation(write, evaluation: dict) -> None:
     k = evaluation["k"]
+    held_out = (
+        "Validation split: {} products among those outside the test split"
+        if evaluation.get("split") == "validation"
+        else "Test split: {} products among the whole catalogue"
+    )
     write(
-        f"Test split: {evaluation['test_products']} products among the whole catalogue (leave-one-out), "
+        f"{held_out.format(evaluation['test_products'])} (leave-one-out), "
         f"{evaluation['shopper_photos']} shopper-like photos of them."
     )
     header = f"{'':<10}{'label':<15}{f'P@{k}':>8}{f'macro P@{k}':>12}"

@@ -1,17 +1,18 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from recommender.encoding.backbones import BACKBONES, WeightsNotFound, get_backbone
-from recommender.training import train_embedding
+from recommender.training import train_embedding, validate_embedding
 
 from .evaluate_recommender import print_trained_evaluation
 
 
 class Command(BaseCommand):
     help = (
-        "Train an embedding on the catalogue's own labels: a 256-d head on the frozen backbone's stored "
+        "Train an embedding on the catalogue's own labels: a head on the frozen backbone's stored "
         "vectors and colour histograms, products of the test split left out. The model is saved under "
         "TRAINED_MODEL_DIR/<version>/ with its evaluation and listed in admin, ready to activate "
-        "(--activate: at once)."
+        "(--activate: at once). --validate trains without the test split at all, evaluates on a "
+        "validation split instead and saves nothing: for choosing training settings."
     )
 
     def add_arguments(self, parser):
@@ -29,20 +30,22 @@ class Command(BaseCommand):
         )
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--activate", action="store_true", help="Activate the model once trained.")
+        parser.add_argument("--validate", action="store_true", help="Evaluate on the validation split; save nothing.")
 
-    def handle(self, backbone, epochs, shopper_views, test_photos, seed, activate, **options):
+    def handle(self, backbone, epochs, shopper_views, test_photos, seed, activate, validate, **options):
         from recommender.trained_models import activate_model
 
+        if validate and activate:
+            raise CommandError("--validate saves no model to activate.")
         base = get_backbone(backbone)
+        training_settings = dict(epochs=epochs, shopper_views=shopper_views, test_photos=test_photos, seed=seed)
         try:
-            report = train_embedding(
-                base,
-                epochs=epochs,
-                shopper_views=shopper_views,
-                test_photos=test_photos,
-                seed=seed,
-                progress=options["verbosity"] > 0,
-            )
+            if validate:
+                print_trained_evaluation(
+                    self.stdout.write, validate_embedding(base, progress=options["verbosity"] > 0, **training_settings)
+                )
+                return
+            report = train_embedding(base, progress=options["verbosity"] > 0, **training_settings)
         except (ValueError, WeightsNotFound) as exc:
             raise CommandError(str(exc)) from exc
         print_trained_evaluation(self.stdout.write, report.evaluation)
