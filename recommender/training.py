@@ -13,14 +13,16 @@ predicts. The backbone's vectors of the shopper-like photos are kept in a featur
 (EMBEDDING_FEATURE_DIR), as are the photos' colour histograms.
 
 Products of the fixed test split are never trained on; the model's evaluation (frozen and trained
-side by side) is on them, and is stored with the model.
+side by side) is on them, and is stored with the model. Training settings are chosen with
+`train_embedding --validate` (validate_embedding), which leaves the test split out altogether and
+holds out a validation split of the other products instead.
 """
 
 import hashlib
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +63,13 @@ LEARNED_DIMENSION = 64
 # look of the very item: the exact item of a shopper photo drops out of the top 5 more often.
 LEARNED_WEIGHT = 0.5
 LABEL_BLOCKS = {"article_type": (0.5, 30.0), "colour_family": (0.4, 10.0)}
+NEVER_PREDICTED = -50.0  # the logit of a class no training photo has
 HIDDEN = 512
 MIN_CLASS_SIZE = 5
 LABELS = ("article_type", "sub_category", "base_colour", "colour_family", "gender", "usage")
 REPORTED = {"article type": "article_type", "sub category": "sub_category", "colour": "base_colour"}
 REPORTED_FAMILY = "colour family"
-AUGMENTATION = "shopper1"  # names the recipe of the cached shopper-like views; change it with the recipe
+AUGMENTATION = "shopper2"  # names the recipe of the cached shopper-like views; change it with the recipe
 CLUTTER_PHOTOS = 60
 INSTANCE_WEIGHT = 1.0
 
@@ -81,8 +84,8 @@ class CatalogueData:
     vectors: np.ndarray
     histograms: np.ndarray
     labels: dict[str, np.ndarray]
-    test: np.ndarray  # held out: the fixed test split
-    skus: list[str] = field(default_factory=list)
+    test: np.ndarray  # held out from training: the fixed test split (the validation split in for_validation)
+    skus: list[str]
 
     @property
     def inputs(self) -> np.ndarray:
@@ -202,18 +205,15 @@ def shopper_view_inputs(
         else:
             results[row] = cached
     if missing:
-        rng = random.Random(seed)
-        clutter_rows = rng.sample(range(len(data.names)), min(CLUTTER_PHOTOS, len(data.names)))
-        clutter = [_open_photo(data.names[row]) for row in clutter_rows]
+        clutter = [_open_photo(data.names[row]) for row in clutter_rows(data, seed)]
         embedder, locator = get_embedder(base), get_locator()
         for start in tqdm(range(0, len(missing), 32), desc="Shopper-like views", disable=not progress):
             chunk = missing[start : start + 32]
             pixels = []
             for row in chunk:
                 photo_seed = int.from_bytes(hashlib.sha256(f"{kind}:{data.checksums[row]}".encode()).digest()[:4])
-                shot = shopper_photo(
-                    _open_photo(data.names[row]), photo_seed, random.Random(photo_seed).sample(clutter, 3)
-                )
+                others = random.Random(photo_seed).sample(clutter, min(3, len(clutter)))
+                shot = shopper_photo(_open_photo(data.names[row]), photo_seed, others)
                 pixels.append(image_pixels(locator.crop_to_garment(shot.image), base.input_size))
             pixels = np.stack(pixels)
             inputs = head_inputs(embedder.embed_pixels(pixels), pixels)
@@ -221,6 +221,18 @@ def shopper_view_inputs(
                 cache.put(data.checksums[row], kind, row_inputs)
                 results[row] = row_inputs
     return np.stack([results[row] for row in rows])
+
+
+def clutter_rows(data: CatalogueData, seed: int) -> list[int]:
+    """The products whose photos clutter the shopper-like views of a seed: CLUTTER_PHOTOS of those
+    in neither held-out split, picked by a hash of their SKU, so a cached view is the same whichever
+    run made it first, and no held-out product is ever seen in a training photo."""
+    kept = [row for row, sku in enumerate(data.skus) if not (in_test_split(sku) or in_validation_split(sku))]
+
+    def draw(row: int) -> bytes:
+        return hashlib.sha256(f"clutter-{seed}:{data.skus[row]}".encode()).digest()
+
+    return sorted(kept, key=draw)[:CLUTTER_PHOTOS]
 
 
 @dataclass
@@ -334,7 +346,8 @@ def fit_label_blocks(
     inputs: np.ndarray, targets: dict, train_rows: np.ndarray, views: np.ndarray, view_rows: np.ndarray
 ) -> tuple[LabelBlock, ...]:
     """A multinomial logistic regression per LABEL_BLOCKS label, on catalogue photos and their
-    shopper-like views (classes as in `targets`; unknown or rare ones left out)."""
+    shopper-like views (classes as in `targets`; unknown or rare ones left out). A class none of
+    these photos has gets a column of its own that is never predicted."""
     from sklearn.linear_model import LogisticRegression
 
     blocks = []
@@ -347,10 +360,13 @@ def fit_label_blocks(
         known = y >= 0
         classifier = LogisticRegression(C=inverse_strength, max_iter=1000).fit(x[known], y[known])
         coefficients, intercepts = classifier.coef_, classifier.intercept_
-        if len(classes) == 2:  # one logit z for two classes: softmax(-z/2, z/2) is the same sigmoid
+        if len(classifier.classes_) == 2:  # one logit z for two classes: softmax(-z/2, z/2) is the same sigmoid
             coefficients = np.vstack([-coefficients, coefficients]) / 2
             intercepts = np.hstack([-intercepts, intercepts]) / 2
-        blocks.append(LabelBlock(coefficients.T.astype(np.float32), intercepts.astype(np.float32), weight))
+        weights = np.zeros((x.shape[1], len(classes)), np.float32)
+        bias = np.full(len(classes), NEVER_PREDICTED, np.float32)
+        weights[:, classifier.classes_], bias[classifier.classes_] = coefficients.T, intercepts
+        blocks.append(LabelBlock(weights, bias, weight))
     return tuple(blocks)
 
 
@@ -363,8 +379,8 @@ def principal_components(vectors: np.ndarray, count: int) -> BackboneProjection:
 def evaluate_side_by_side(
     data: CatalogueData, head: ProjectionHead, test_views: np.ndarray, test_rows: np.ndarray, k: int = 5
 ) -> dict:
-    """The frozen and the trained model on the test split: leave-one-out P@k (micro and macro) of
-    its products among the whole catalogue, and exact-item recall of shopper-like photos of them."""
+    """The frozen and the trained model on the held-out products: leave-one-out P@k (micro and macro)
+    of each among all of `data`'s products, and exact-item recall of shopper-like photos of them."""
     frozen_views = test_views[:, : data.vectors.shape[1]]
     spaces = {
         "frozen": (data.vectors, frozen_views / np.linalg.norm(frozen_views, axis=1, keepdims=True)),
@@ -414,58 +430,53 @@ def data_fingerprint(data: CatalogueData, train: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How a head is trained and evaluated; the defaults are what beat and admin train with."""
+
+    epochs: int = 40
+    shopper_views: int = 2000  # training products trained with a shopper-like photo of them
+    test_photos: int = 2000  # held-out products whose shopper-like photo is evaluated
+    seed: int = 0
+
+
 def fit_and_evaluate(
-    data: CatalogueData,
-    base: Backbone,
-    cache: FeatureCache,
-    timings: dict,
-    *,
-    epochs: int,
-    shopper_views: int,
-    test_photos: int,
-    seed: int,
-    progress: bool,
-) -> tuple[ProjectionHead, dict, dict]:
+    data: CatalogueData, base: Backbone, cache: FeatureCache, training: TrainingSettings, progress: bool
+) -> tuple[ProjectionHead, dict, dict, dict[str, float]]:
     """Train a head on `data`'s products that are not held out, and evaluate it on those that are:
-    the head, its label targets and the evaluation."""
+    the head, its label targets, the evaluation and the seconds each stage took."""
     started = time.monotonic()
-    train_rows, view_rows, test_rows = training_rows(data, shopper_views, test_photos, seed)
+    train_rows, view_rows, test_rows = training_rows(data, training.shopper_views, training.test_photos, training.seed)
     views = shopper_view_inputs(data, list(view_rows), base, cache, seed=0, progress=progress)
     test_views = shopper_view_inputs(data, list(test_rows), base, cache, seed=1, progress=progress)
-    timings["shopper views"] = time.monotonic() - started
+    seconds = {"shopper views": time.monotonic() - started}
     targets = label_targets(data, ~data.test)
-    head = fit_head(data.inputs, targets, train_rows, views, view_rows, epochs=epochs, seed=seed, progress=progress)
-    timings["training"] = time.monotonic() - started - timings["shopper views"]
-    return head, targets, evaluate_side_by_side(data, head, test_views, test_rows)
+    head = fit_head(
+        data.inputs,
+        targets,
+        train_rows,
+        views,
+        view_rows,
+        epochs=training.epochs,
+        seed=training.seed,
+        progress=progress,
+    )
+    seconds["training"] = time.monotonic() - started - seconds["shopper views"]
+    return head, targets, evaluate_side_by_side(data, head, test_views, test_rows), seconds
 
 
-def validate_embedding(
-    base: Backbone,
-    *,
-    epochs: int = 40,
-    shopper_views: int = 2000,
-    test_photos: int = 2000,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict:
+def validate_embedding(base: Backbone, training: TrainingSettings = TrainingSettings(), progress: bool = False) -> dict:
     """Train and evaluate as train_embedding does, without the test split's products at all and with
     the validation split held out instead; nothing is saved. This is where training settings
     (LEARNED_WEIGHT, LABEL_BLOCKS, ...) are chosen, so that the test split stays unseen."""
     cache = FeatureCache(base)
     data = catalogue_data(base, cache, progress).for_validation()
-    options = dict(epochs=epochs, shopper_views=shopper_views, test_photos=test_photos, seed=seed)
-    _, _, evaluation = fit_and_evaluate(data, base, cache, {}, progress=progress, **options)
+    _, _, evaluation, _ = fit_and_evaluate(data, base, cache, training, progress)
     return {**evaluation, "split": "validation"}
 
 
 def train_embedding(
-    base: Backbone,
-    *,
-    epochs: int = 40,
-    shopper_views: int = 2000,
-    test_photos: int = 2000,
-    seed: int = 0,
-    progress: bool = False,
+    base: Backbone, training: TrainingSettings = TrainingSettings(), progress: bool = False
 ) -> TrainingReport:
     """Train a head on the catalogue's products outside the test split, evaluate it, save it (and
     record it, ready to activate)."""
@@ -477,30 +488,21 @@ def train_embedding(
         data = catalogue_data(base, cache, progress)
         train = ~data.test
         timings["features"] = time.monotonic() - started
-        head, targets, evaluation = fit_and_evaluate(
-            data,
-            base,
-            cache,
-            timings,
-            epochs=epochs,
-            shopper_views=shopper_views,
-            test_photos=test_photos,
-            seed=seed,
-            progress=progress,
-        )
+        head, targets, evaluation, seconds = fit_and_evaluate(data, base, cache, training, progress)
+        timings.update(seconds)
         manifest = {
             "base": base.name,
             "inputs": "backbone unit vector + 4x4x4 colour histogram",
-            "label_blocks": [name for name in LABEL_BLOCKS if name in targets],
             "labels": {name: classes for name, (_, _, classes) in targets.items()},
             "products": len(data.product_ids),
             "trained_on": int(train.sum()),
             "fingerprint": data_fingerprint(data, train),
             "training": {
-                "epochs": epochs,
-                "shopper_views": shopper_views,
-                "test_photos": test_photos,
-                "seed": seed,
+                **asdict(training),
+                "kept_components": KEPT_COMPONENTS,
+                "learned_dimension": LEARNED_DIMENSION,
+                "learned_weight": LEARNED_WEIGHT,
+                "label_blocks": {name: weight for name, (weight, _) in LABEL_BLOCKS.items() if name in targets},
                 "seconds": timings,
             },
             "evaluation": evaluation,

@@ -1,6 +1,7 @@
 """Embeddings trained on the catalogue: the head and its files, training on a slice, activation
 (which never mixes vectors and keeps search answering), admin, and a damaged model."""
 
+import hashlib
 import json
 from io import StringIO
 
@@ -37,7 +38,7 @@ def fresh_trained_backbones():
 
 
 def random_head(inputs: int = 1280 + 64, learned: int = 128, seed: int = 0, learned_weight=1.0) -> ProjectionHead:
-    """A head of the trained shape (a learned half beside kept components), with random weights."""
+    """A head of the shape trained before label blocks (a learned half beside kept components), random."""
     rng = np.random.default_rng(seed)
     components, _ = np.linalg.qr(rng.normal(size=(1280, 128)))
     return ProjectionHead(
@@ -133,9 +134,9 @@ def test_without_an_active_model_the_frozen_backbone_answers(lite2):
 @pytest.mark.slow  # embeds shopper-like photos of the slice with the real backbone
 @pytest.mark.django_db
 def test_training_on_a_slice_beats_the_frozen_model_on_its_held_back_products(shared_slice, lite2):
-    from recommender.training import train_embedding
+    from recommender.training import TrainingSettings, train_embedding
 
-    report = train_embedding(lite2, epochs=30, shopper_views=60, test_photos=20)
+    report = train_embedding(lite2, TrainingSettings(epochs=30, shopper_views=60, test_photos=20))
 
     frozen, trained = report.evaluation["frozen"], report.evaluation["trained"]
     assert report.evaluation["test_products"] >= 30, "the slice's test split is held back"
@@ -149,7 +150,7 @@ def test_training_on_a_slice_beats_the_frozen_model_on_its_held_back_products(sh
     assert report.trained_on + report.evaluation["test_products"] == report.products
 
     # Retraining reads the backbone's features of the shopper-like photos from the cache.
-    again = train_embedding(lite2, epochs=1, shopper_views=60, test_photos=20)
+    again = train_embedding(lite2, TrainingSettings(epochs=1, shopper_views=60, test_photos=20))
     assert again.seconds["shopper views"] < report.seconds["shopper views"] / 3
 
     out = StringIO()
@@ -181,6 +182,9 @@ def test_activation_embeds_everything_first_then_switches(indexed_catalogue, lit
     assert current_manifest(space).items == 60 and current_manifest(lite2).items == 60, "one index per space"
     assert before["backbone"] == lite2.name and client.get(reverse("api:index-status")).json()["backbone"] == space.name
     assert [s.name for s in embedding_spaces()] == [lite2.name, space.name], "new photos get both vectors"
+    out = StringIO()
+    call_command("evaluate_recommender", "--backbone", "active", "--sample", "5", "--shopper-photos", "0", stdout=out)
+    assert space.name in out.getvalue(), "the served space is evaluated"
 
     second = saved_model("20260102-000000")
     activate_model(second.version)
@@ -260,6 +264,14 @@ def test_a_new_model_replaces_the_active_one_only_when_no_worse():
     EmbeddingModel.objects.filter(pk=first.pk).update(status="retired")
     assert not better_than_active(lost_photos), "better labels do not excuse losing the exact item"
 
+    # Each model is judged by its gains over the frozen backbone evaluated beside it: a later run on
+    # harder photos (the frozen backbone lower too) can still beat the active model.
+    EmbeddingModel.objects.filter(pk=first.pk).update(status="active")
+    harder_photos = EmbeddingModel.objects.create(
+        version="d", base="b", metrics={"frozen": scores(0.8, 0.3, 0.8), "trained": scores(0.85, 0.5, 0.81)}
+    )
+    assert better_than_active(harder_photos)
+
 
 @pytest.mark.slow  # a real Celery worker
 @pytest.mark.django_db(transaction=True)
@@ -328,6 +340,7 @@ def test_labels_without_two_classes_to_learn_are_left_out():
         np.zeros((count, 64)),
         labels,
         np.zeros(count, bool),
+        [str(row) for row in range(count)],
     )
 
     targets = label_targets(data, np.ones(count, bool))
@@ -339,6 +352,27 @@ def test_labels_without_two_classes_to_learn_are_left_out():
 
 
 @pytest.mark.django_db
+def test_a_head_saved_before_weights_and_label_blocks_loads_as_it_was(settings):
+    head = random_head()
+    directory = settings.TRAINED_MODEL_DIR / "20250101-000000"
+    directory.mkdir(parents=True)
+    (w0, b0), (w1, b1) = head.layers
+    kept = {"kept_mean": head.kept.mean, "kept_components": head.kept.components}
+    np.savez(directory / HEAD_FILE, w0=w0, b0=b0, w1=w1, b1=b1, **kept)
+    digest = hashlib.sha256((directory / HEAD_FILE).read_bytes()).hexdigest()
+    manifest = {"version": "20250101-000000", "base": "efficientnet_lite2", "head_sha256": digest, "dimension": 256}
+    (directory / "model.json").write_text(json.dumps(manifest))
+    inputs = np.random.default_rng(2).normal(size=(3, 1344)).astype(np.float32)
+
+    loaded = TrainedModel.load(directory).head
+
+    learned = np.maximum(inputs @ w0 + b0, 0) @ w1 + b1
+    learned /= np.linalg.norm(learned, axis=1, keepdims=True)
+    expected = np.hstack([head.kept.apply(inputs[:, :1280]), learned]) / np.sqrt(2)
+    assert loaded.learned_weight == 1.0 and loaded.label_blocks == () and loaded.dimension == 256
+    assert np.allclose(loaded.apply(inputs), expected, atol=1e-5), "kept and learned halves of equal weight"
+
+
 def test_label_blocks_bring_photos_of_one_predicted_kind_together_and_survive_saving(settings):
     from recommender.training import fit_label_blocks
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from recommender.active import active_backbone
 from recommender.encoding.backbones import BACKBONES, get_backbone
 from recommender.encoding.litert import model_file
 from recommender.evaluation.runner import LABELS, evaluate_catalogue
@@ -22,7 +23,12 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--backbone", choices=sorted(BACKBONES), help="Default: the EMBEDDING_BACKBONE setting.")
+        parser.add_argument(
+            "--backbone",
+            choices=[*sorted(BACKBONES), "active"],
+            help="Default: the EMBEDDING_BACKBONE setting; 'active': the space shoppers are served from "
+            "(the active trained model's, if any).",
+        )
         parser.add_argument("--k", type=int, default=5)
         parser.add_argument("--sample", type=int, default=1000, help="Queries for the served-path recall and latency.")
         parser.add_argument("--limit", type=int, help="Evaluate only the first N products.")
@@ -67,7 +73,9 @@ class Command(BaseCommand):
         json: Path | None,
         **options,
     ):
-        backbone = get_backbone(backbone)
+        if backbone == "active" and int8:
+            raise CommandError("--int8 compares a backbone's own models; name the backbone, not 'active'.")
+        backbone = active_backbone() if backbone == "active" else get_backbone(backbone)
         self.verbosity = options["verbosity"]
         try:
             report = evaluate_catalogue(

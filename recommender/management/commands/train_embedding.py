@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from recommender.encoding.backbones import BACKBONES, WeightsNotFound, get_backbone
-from recommender.training import train_embedding, validate_embedding
+from recommender.training import TrainingSettings, train_embedding, validate_embedding
 
 from .evaluate_recommender import print_trained_evaluation
 
@@ -18,17 +18,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         bases = sorted(name for name, backbone in BACKBONES.items())
         parser.add_argument("--backbone", choices=bases, help="Default: the EMBEDDING_BACKBONE setting.")
-        parser.add_argument("--epochs", type=int, default=40)
+        parser.add_argument("--epochs", type=int, default=TrainingSettings.epochs)
         parser.add_argument(
-            "--shopper-views", type=int, default=2000, help="Products trained with a shopper-like photo."
+            "--shopper-views",
+            type=int,
+            default=TrainingSettings.shopper_views,
+            help="Products trained with a shopper-like photo.",
         )
         parser.add_argument(
             "--test-photos",
             type=int,
-            default=2000,
+            default=TrainingSettings.test_photos,
             help="Shopper-like photos of test products to evaluate on (at most one each).",
         )
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=int, default=TrainingSettings.seed)
         parser.add_argument("--activate", action="store_true", help="Activate the model once trained.")
         parser.add_argument("--validate", action="store_true", help="Evaluate on the validation split; save nothing.")
 
@@ -38,14 +41,13 @@ class Command(BaseCommand):
         if validate and activate:
             raise CommandError("--validate saves no model to activate.")
         base = get_backbone(backbone)
-        training_settings = dict(epochs=epochs, shopper_views=shopper_views, test_photos=test_photos, seed=seed)
+        training = TrainingSettings(epochs, shopper_views, test_photos, seed)
+        progress = options["verbosity"] > 0
         try:
             if validate:
-                print_trained_evaluation(
-                    self.stdout.write, validate_embedding(base, progress=options["verbosity"] > 0, **training_settings)
-                )
+                print_trained_evaluation(self.stdout.write, validate_embedding(base, training, progress))
                 return
-            report = train_embedding(base, progress=options["verbosity"] > 0, **training_settings)
+            report = train_embedding(base, training, progress)
         except (ValueError, WeightsNotFound) as exc:
             raise CommandError(str(exc)) from exc
         print_trained_evaluation(self.stdout.write, report.evaluation)
@@ -53,5 +55,5 @@ class Command(BaseCommand):
         self.stdout.write(f"Trained on {report.trained_on} of {report.products} products ({seconds}).")
         self.stdout.write(self.style.SUCCESS(f"Saved model {report.model.version} in {report.model.directory}."))
         if activate:
-            activate_model(report.model.version, progress=options["verbosity"] > 0)
+            activate_model(report.model.version, progress=progress)
             self.stdout.write(self.style.SUCCESS(f"Model {report.model.version} is active."))
