@@ -162,9 +162,10 @@ def better_than_active(record: EmbeddingModel) -> bool:
 
 
 def _gains_over_frozen(metrics: dict) -> dict[str, float]:
-    def score(space: str, measure: str) -> float:
-        scores = metrics[space]
-        value = scores["shopper photos"][measure] if measure == "recall@5" else scores[measure]["micro"]
-        return value or 0.0
+    def scores(space: str) -> dict[str, float]:
+        evaluation = metrics[space]
+        labels = {label: evaluation[label]["micro"] or 0.0 for label in GATED_LABELS}
+        return {**labels, "recall@5": evaluation["shopper photos"]["recall@5"]}
 
-    return {measure: score("trained", measure) - score("frozen", measure) for measure in (*GATED_LABELS, "recall@5")}
+    trained, frozen = scores("trained"), scores("frozen")
+    return {measure: trained[measure] - frozen[measure] for measure in trained}
