@@ -1,7 +1,8 @@
 """Training the garment locator's head on shopper-like composites of the catalogue's own photos.
 
-Only products outside the fixed test split are used, so the shopper-photo evaluation (made from
-test-split products) measures photos of products the locator never saw.
+Only products outside the fixed test and validation splits are used, so the shopper-photo evaluation
+(made from test-split products) and the probes that set the locator's threshold (validation-split
+products) measure photos of products the locator never saw.
 """
 
 import random
@@ -18,7 +19,7 @@ from catalog.models import ProductImage
 from .encoding import garment
 from .encoding.backbones import tf_style
 from .evaluation.shopper_photos import ShopperPhoto, shopper_photo
-from .evaluation.split import in_test_split
+from .evaluation.split import in_test_split, in_validation_split
 
 
 @dataclass
@@ -30,9 +31,9 @@ class LocatorReport:
 
 
 def training_photos(count: int, seed: int) -> list[Image.Image]:
-    """Up to `count` catalogue photos (one per product) from outside the test split, chosen by `seed`."""
+    """Up to `count` catalogue photos (one per product) from outside both held-out splits, chosen by `seed`."""
     rows = ProductImage.objects.filter(position=0).values_list("image", "product__sku").order_by("pk")
-    names = [name for name, sku in rows if not in_test_split(sku)]
+    names = [name for name, sku in rows if not (in_test_split(sku) or in_validation_split(sku))]
     chosen = random.Random(seed).sample(names, min(count, len(names)))
     photos = []
     for name in chosen:
@@ -80,7 +81,7 @@ def box_iou(a: garment.Box, b: garment.Box) -> float:
 
 
 def train_locator(
-    output: Path = garment.HEAD_WEIGHTS, *, composite_count: int = 1600, epochs: int = 15, seed: int = 0
+    output: Path = garment.HEAD_WEIGHTS, *, composite_count: int = 6000, epochs: int = 20, seed: int = 0
 ) -> LocatorReport:
     """Make composites, extract the frozen trunk's features once, fit the head, save its weights."""
     import keras

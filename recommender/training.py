@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from catalog.colours import colour_family
 
+from .encoding import garment
 from .encoding.backbones import Backbone
 from .encoding.embedder import get_embedder
-from .encoding.garment import get_locator
 from .encoding.preprocessing import image_pixels, read_image
 from .encoding.projection import (
     HISTOGRAM_CELLS,
@@ -194,8 +194,8 @@ def shopper_view_inputs(
     data: CatalogueData, rows: list[int], base: Backbone, cache: FeatureCache, seed: int, progress: bool = False
 ) -> np.ndarray:
     """Head inputs of one shopper-like photo of each of `rows`' products, made and cropped the way a
-    photo search crops it; computed once per photo and recipe, then read from the cache."""
-    kind = f"{AUGMENTATION}-{seed}"
+    photo search crops it; computed once per photo, recipe and locator, then read from the cache."""
+    kind = f"{AUGMENTATION}-{garment.locator_fingerprint()}-{seed}"
     results: dict[int, np.ndarray] = {}
     missing = []
     for row in rows:
@@ -206,7 +206,7 @@ def shopper_view_inputs(
             results[row] = cached
     if missing:
         clutter = [_open_photo(data.names[row]) for row in clutter_rows(data, seed)]
-        embedder, locator = get_embedder(base), get_locator()
+        embedder, locator = get_embedder(base), garment.get_locator()
         for start in tqdm(range(0, len(missing), 32), desc="Shopper-like views", disable=not progress):
             chunk = missing[start : start + 32]
             pixels = []

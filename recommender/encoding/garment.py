@@ -1,12 +1,13 @@
 """Finding the garment in a shopper's photo, so that search embeds the product and not the room.
 
 The locator is EfficientNet-Lite2's first stages (ImageNet weights, frozen, up to stride 16) run on
-the photo at 160 px, with a small trained head that turns two of their feature maps (strides 8 and
-16) into a 20 x 20 map of "product here" probabilities. The head was trained on shopper-like composites
+the photo at 160 px, with a small trained head that turns three of their feature maps (strides 4, 8
+and 16) into a 40 x 40 map of "product here" probabilities. The head was trained on shopper-like composites
 of catalogue photos whose product masks are known (`manage.py train_garment_locator`); its weights
 ship beside this module. Regions are the connected areas of the map, most probable mass first.
 """
 
+import hashlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -25,11 +26,11 @@ logger = logging.getLogger(__name__)
 
 NETWORK = "efficientnet_lite2"
 INPUT_SIZE = 160
-MAP_CELLS = INPUT_SIZE // 8  # the head's output: the stride-8 feature map's size
-FEATURE_LAYERS = ("block6_add", "block14_add")  # strides 8 and 16
+MAP_CELLS = INPUT_SIZE // 4  # the head's output: the stride-4 feature map's size
+FEATURE_LAYERS = ("block3_add", "block6_add", "block14_add")  # strides 4, 8 and 16
 HEAD_WEIGHTS = Path(__file__).with_name("garment_locator_head.weights.h5")
-# A map cell counts as product above this probability; set on shopper photos of training products.
-THRESHOLD = 0.3
+# A map cell counts as product above this probability; set on shopper photos of validation-split products.
+THRESHOLD = 0.4
 MAX_REGIONS = 3
 # A second region is offered only when it holds at least this share of the first one's mass.
 MIN_REGION_SHARE = 0.25
@@ -137,8 +138,14 @@ def regions(probabilities: np.ndarray, width: int, height: int) -> list[Box]:
     return found
 
 
+def locator_fingerprint() -> str:
+    """Names the locator the site runs (its head's weights and threshold), for caches of what it cropped."""
+    return hashlib.sha256(HEAD_WEIGHTS.read_bytes() + str(THRESHOLD).encode()).hexdigest()[:12]
+
+
 def build_trunk():
-    """The frozen feature extractor: Lite2's stages up to stride 16 at INPUT_SIZE, two outputs."""
+    """The frozen feature extractor: Lite2's stages up to stride 16 at INPUT_SIZE, one output per
+    FEATURE_LAYERS."""
     import keras
 
     network = efficientnet_lite.build(NETWORK, INPUT_SIZE)
@@ -147,18 +154,20 @@ def build_trunk():
 
 
 def build_head(shapes):
-    """The trained part: feature maps (strides 8 and 16) -> (MAP_CELLS, MAP_CELLS, 1) probabilities."""
+    """The trained part: feature maps (strides 4, 8 and 16) -> (MAP_CELLS, MAP_CELLS, 1) probabilities,
+    coarse to fine: each step doubles the map and mixes in the finer feature map."""
     import keras
     from keras import layers
 
-    fine, middle = (keras.Input(shape[1:]) for shape in shapes)
-    x = layers.Conv2D(32, 1, activation="relu")(middle)
+    stride4, stride8, stride16 = (keras.Input(shape[1:]) for shape in shapes)
+    x = layers.Conv2D(32, 1, activation="relu")(stride16)
     x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
-    x = layers.UpSampling2D(2, interpolation="bilinear")(x)
-    x = layers.Concatenate()([x, layers.Conv2D(16, 1, activation="relu")(fine)])
-    x = layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    for finer, width in ((stride8, 24), (stride4, 16)):
+        x = layers.UpSampling2D(2, interpolation="bilinear")(x)
+        x = layers.Concatenate()([x, layers.Conv2D(16, 1, activation="relu")(finer)])
+        x = layers.Conv2D(width, 3, padding="same", activation="relu")(x)
     outputs = layers.Conv2D(1, 1, activation="sigmoid")(x)
-    return keras.Model([fine, middle], outputs, name="garment_head")
+    return keras.Model([stride4, stride8, stride16], outputs, name="garment_head")
 
 
 def build_locator(head_weights: Path = HEAD_WEIGHTS):

@@ -175,7 +175,7 @@ def test_train_garment_locator_saves_a_head_the_locator_loads(catalogue, tmp_pat
 
     assert output.is_file() and "box IoU" in out.getvalue()
     model = garment.build_locator(output)
-    assert model.output.shape[1:] == (20, 20, 1)
+    assert model.output.shape[1:] == (garment.MAP_CELLS, garment.MAP_CELLS, 1) == (40, 40, 1)
 
 
 @pytest.mark.slow  # runs the model over generated photos

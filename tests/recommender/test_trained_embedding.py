@@ -134,7 +134,8 @@ def test_without_an_active_model_the_frozen_backbone_answers(lite2):
 @pytest.mark.slow  # embeds shopper-like photos of the slice with the real backbone
 @pytest.mark.django_db
 def test_training_on_a_slice_beats_the_frozen_model_on_its_held_back_products(shared_slice, lite2):
-    from recommender.training import TrainingSettings, train_embedding
+    from recommender.encoding import garment
+    from recommender.training import AUGMENTATION, FeatureCache, TrainingSettings, train_embedding
 
     report = train_embedding(lite2, TrainingSettings(epochs=30, shopper_views=60, test_photos=20))
 
@@ -152,6 +153,9 @@ def test_training_on_a_slice_beats_the_frozen_model_on_its_held_back_products(sh
     # Retraining reads the backbone's features of the shopper-like photos from the cache.
     again = train_embedding(lite2, TrainingSettings(epochs=1, shopper_views=60, test_photos=20))
     assert again.seconds["shopper views"] < report.seconds["shopper views"] / 3
+    # ... kept per locator head, so views cropped by another locator are never reused.
+    views = FeatureCache(lite2).directory.glob(f"*/*-{AUGMENTATION}-{garment.locator_fingerprint()}-0.npy")
+    assert len(list(views)) >= 60
 
     out = StringIO()
     call_command(
