@@ -195,7 +195,7 @@ def shopper_view_inputs(
 ) -> np.ndarray:
     """Head inputs of one shopper-like photo of each of `rows`' products, made and cropped the way a
     photo search crops it; computed once per photo, recipe and locator, then read from the cache."""
-    kind = f"{AUGMENTATION}-{garment.locator_fingerprint()}-{seed}"
+    kind = shopper_view_kind(seed)
     results: dict[int, np.ndarray] = {}
     missing = []
     for row in rows:
@@ -207,11 +207,12 @@ def shopper_view_inputs(
     if missing:
         clutter = [_open_photo(data.names[row]) for row in clutter_rows(data, seed)]
         embedder, locator = get_embedder(base), garment.get_locator()
+        recipe = f"{AUGMENTATION}-{seed}"  # the same photos whichever locator crops them
         for start in tqdm(range(0, len(missing), 32), desc="Shopper-like views", disable=not progress):
             chunk = missing[start : start + 32]
             pixels = []
             for row in chunk:
-                photo_seed = int.from_bytes(hashlib.sha256(f"{kind}:{data.checksums[row]}".encode()).digest()[:4])
+                photo_seed = int.from_bytes(hashlib.sha256(f"{recipe}:{data.checksums[row]}".encode()).digest()[:4])
                 others = random.Random(photo_seed).sample(clutter, min(3, len(clutter)))
                 shot = shopper_photo(_open_photo(data.names[row]), photo_seed, others)
                 pixels.append(image_pixels(locator.crop_to_garment(shot.image), base.input_size))
@@ -221,6 +222,11 @@ def shopper_view_inputs(
                 cache.put(data.checksums[row], kind, row_inputs)
                 results[row] = row_inputs
     return np.stack([results[row] for row in rows])
+
+
+def shopper_view_kind(seed: int) -> str:
+    """What the shopper-like views of a seed are cached as: recipe, locator and seed."""
+    return f"{AUGMENTATION}-{garment.get_locator().fingerprint}-{seed}"
 
 
 def clutter_rows(data: CatalogueData, seed: int) -> list[int]:

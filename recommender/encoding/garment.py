@@ -138,14 +138,9 @@ def regions(probabilities: np.ndarray, width: int, height: int) -> list[Box]:
     return found
 
 
-def locator_fingerprint() -> str:
-    """Names the locator the site runs (its head's weights and threshold), for caches of what it cropped."""
-    return hashlib.sha256(HEAD_WEIGHTS.read_bytes() + str(THRESHOLD).encode()).hexdigest()[:12]
-
-
 def build_trunk():
-    """The frozen feature extractor: Lite2's stages up to stride 16 at INPUT_SIZE, one output per
-    FEATURE_LAYERS."""
+    """The frozen feature extractor: Lite2's stages up to stride 16 at INPUT_SIZE, one output per layer
+    in FEATURE_LAYERS."""
     import keras
 
     network = efficientnet_lite.build(NETWORK, INPUT_SIZE)
@@ -162,10 +157,10 @@ def build_head(shapes):
     stride4, stride8, stride16 = (keras.Input(shape[1:]) for shape in shapes)
     x = layers.Conv2D(32, 1, activation="relu")(stride16)
     x = layers.Conv2D(32, 3, padding="same", activation="relu")(x)
-    for finer, width in ((stride8, 24), (stride4, 16)):
+    for finer, filters in ((stride8, 24), (stride4, 16)):
         x = layers.UpSampling2D(2, interpolation="bilinear")(x)
         x = layers.Concatenate()([x, layers.Conv2D(16, 1, activation="relu")(finer)])
-        x = layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
     outputs = layers.Conv2D(1, 1, activation="sigmoid")(x)
     return keras.Model([stride4, stride8, stride16], outputs, name="garment_head")
 
@@ -185,6 +180,8 @@ class GarmentLocator:
     embedding models) or, when that runtime is not to be had, Keras."""
 
     def __init__(self):
+        # Read as the weights are loaded, so that caches of its crops are named by the locator that ran.
+        self.fingerprint = _fingerprint()
         if settings.EMBEDDING_RUNTIME == "litert":
             try:
                 self._predict = self._litert()
@@ -239,6 +236,12 @@ class GarmentLocator:
                 lock.release()
 
         return predict
+
+
+def _fingerprint() -> str:
+    """Names a locator by what decides its crops: the head's weights and the settings of its map."""
+    recipe = repr((NETWORK, INPUT_SIZE, FEATURE_LAYERS, THRESHOLD, MIN_SIDE)).encode()
+    return hashlib.sha256(HEAD_WEIGHTS.read_bytes() + recipe).hexdigest()[:12]
 
 
 _locator: GarmentLocator | None = None

@@ -52,11 +52,12 @@ def test_a_box_crops_the_photo_by_fractions():
 
 
 def test_regions_are_the_map_blobs_most_probable_first_in_photo_fractions():
-    cells = 20
+    cells = garment.MAP_CELLS
+    assert cells == 40
     probabilities = np.zeros((cells, cells), np.float32)
-    probabilities[1:7, 1:7] = 0.8  # smaller, weaker
-    probabilities[8:18, 10:18] = 0.9  # large, strong
-    probabilities[0, 19] = 0.5  # a speck: far below a quarter of the best region's mass
+    probabilities[2:14, 2:14] = 0.8  # smaller, weaker
+    probabilities[16:36, 20:36] = 0.9  # large, strong
+    probabilities[0, 39] = 0.5  # a speck: far below a quarter of the best region's mass
 
     found = garment.regions(probabilities, garment.INPUT_SIZE, garment.INPUT_SIZE)
 
@@ -65,13 +66,13 @@ def test_regions_are_the_map_blobs_most_probable_first_in_photo_fractions():
 
 def test_regions_of_a_wide_photo_account_for_the_padding():
     # A 2:1 photo is padded above and below to a square: its rows start a quarter of the way down.
-    probabilities = np.zeros((20, 20), np.float32)
-    probabilities[5:15, 0:10] = 0.9  # the left half of the photo, all its height
+    probabilities = np.zeros((garment.MAP_CELLS, garment.MAP_CELLS), np.float32)
+    probabilities[10:30, 0:20] = 0.9  # the left half of the photo, all its height
 
     (box,) = garment.regions(probabilities, 400, 200)
 
     assert (box.x0, box.y0, box.x1, box.y1) == pytest.approx((0.0, 0.0, 0.5, 1.0))
-    assert garment.regions(np.zeros((20, 20), np.float32), 400, 200) == []
+    assert garment.regions(np.zeros_like(probabilities), 400, 200) == []
 
 
 def test_shopper_photos_are_reproducible_and_not_on_white():
@@ -175,7 +176,7 @@ def test_train_garment_locator_saves_a_head_the_locator_loads(catalogue, tmp_pat
 
     assert output.is_file() and "box IoU" in out.getvalue()
     model = garment.build_locator(output)
-    assert model.output.shape[1:] == (garment.MAP_CELLS, garment.MAP_CELLS, 1) == (40, 40, 1)
+    assert model.output.shape[1:] == (40, 40, 1)
 
 
 @pytest.mark.slow  # runs the model over generated photos
