@@ -19,7 +19,7 @@ from catalog.models import ProductImage
 from .encoding import garment
 from .encoding.backbones import tf_style
 from .evaluation.shopper_photos import ShopperPhoto, shopper_photo
-from .evaluation.split import in_test_split, in_validation_split
+from .evaluation.split import held_out
 
 
 @dataclass
@@ -33,7 +33,7 @@ class LocatorReport:
 def training_photos(count: int, seed: int) -> list[Image.Image]:
     """Up to `count` catalogue photos (one per product) from outside both held-out splits, chosen by `seed`."""
     rows = ProductImage.objects.filter(position=0).values_list("image", "product__sku").order_by("pk")
-    names = [name for name, sku in rows if not (in_test_split(sku) or in_validation_split(sku))]
+    names = [name for name, sku in rows if not held_out(sku)]
     chosen = random.Random(seed).sample(names, min(count, len(names)))
     photos = []
     for name in chosen:

@@ -50,7 +50,7 @@ from .encoding.projection import (
 )
 from .evaluation.metrics import CatalogueVectors, label_precision, photo_search_scores, query_neighbours
 from .evaluation.shopper_photos import shopper_photo
-from .evaluation.split import in_test_split, in_validation_split
+from .evaluation.split import held_out, in_test_split, in_validation_split
 from .models import EmbeddingModel, ImageEmbedding
 
 logger = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ def clutter_rows(data: CatalogueData, seed: int) -> list[int]:
     """The products whose photos clutter the shopper-like views of a seed: CLUTTER_PHOTOS of those
     in neither held-out split, picked by a hash of their SKU, so a cached view is the same whichever
     run made it first, and no held-out product is ever seen in a training photo."""
-    kept = [row for row, sku in enumerate(data.skus) if not (in_test_split(sku) or in_validation_split(sku))]
+    kept = [row for row, sku in enumerate(data.skus) if not held_out(sku)]
 
     def draw(row: int) -> bytes:
         return hashlib.sha256(f"clutter-{seed}:{data.skus[row]}".encode()).digest()

@@ -18,5 +18,10 @@ def in_validation_split(sku: str) -> bool:
     return not in_test_split(sku) and _share(f"val-split:{sku}") < TEST_SHARE
 
 
+def held_out(sku: str) -> bool:
+    """In either held-out split: no training of any model here sees the product."""
+    return in_test_split(sku) or in_validation_split(sku)
+
+
 def _share(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
