@@ -22,6 +22,7 @@ import hashlib
 import logging
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,7 @@ REPORTED = {"article type": "article_type", "sub category": "sub_category", "col
 REPORTED_FAMILY = "colour family"
 AUGMENTATION = "shopper2"  # names the recipe of the cached shopper-like views; change it with the recipe
 CLUTTER_PHOTOS = 60
+PHOTO_THREADS = 3
 INSTANCE_WEIGHT = 1.0
 
 
@@ -208,19 +210,22 @@ def shopper_view_inputs(
         clutter = [_open_photo(data.names[row]) for row in clutter_rows(data, seed)]
         embedder, locator = get_embedder(base), garment.get_locator()
         recipe = f"{AUGMENTATION}-{seed}"  # the same photos whichever locator crops them
-        for start in tqdm(range(0, len(missing), 32), desc="Shopper-like views", disable=not progress):
-            chunk = missing[start : start + 32]
-            pixels = []
-            for row in chunk:
-                photo_seed = int.from_bytes(hashlib.sha256(f"{recipe}:{data.checksums[row]}".encode()).digest()[:4])
-                others = random.Random(photo_seed).sample(clutter, min(3, len(clutter)))
-                shot = shopper_photo(_open_photo(data.names[row]), photo_seed, others)
-                pixels.append(image_pixels(locator.crop_to_garment(shot.image), base.input_size))
-            pixels = np.stack(pixels)
-            inputs = head_inputs(embedder.embed_pixels(pixels), pixels)
-            for row, row_inputs in zip(chunk, inputs, strict=True):
-                cache.put(data.checksums[row], kind, row_inputs)
-                results[row] = row_inputs
+
+        def photo(row: int) -> Image.Image:
+            photo_seed = int.from_bytes(hashlib.sha256(f"{recipe}:{data.checksums[row]}".encode()).digest()[:4])
+            others = random.Random(photo_seed).sample(clutter, min(3, len(clutter)))
+            return shopper_photo(_open_photo(data.names[row]), photo_seed, others).image
+
+        # Pillow releases the GIL while it draws, so threads make the photos about twice as fast here.
+        with ThreadPoolExecutor(PHOTO_THREADS) as painters:
+            for start in tqdm(range(0, len(missing), 32), desc="Shopper-like views", disable=not progress):
+                chunk = missing[start : start + 32]
+                shots = painters.map(photo, chunk)
+                pixels = np.stack([image_pixels(locator.crop_to_garment(shot), base.input_size) for shot in shots])
+                inputs = head_inputs(embedder.embed_pixels(pixels), pixels)
+                for row, row_inputs in zip(chunk, inputs, strict=True):
+                    cache.put(data.checksums[row], kind, row_inputs)
+                    results[row] = row_inputs
     return np.stack([results[row] for row in rows])
 
 
@@ -441,7 +446,10 @@ class TrainingSettings:
     """How a head is trained and evaluated; the defaults are what beat and admin train with."""
 
     epochs: int = 40
-    shopper_views: int = 2000  # training products trained with a shopper-like photo of them
+    # Training products trained with a shopper-like photo of them: all of a catalogue up to this size
+    # (on the validation split, every training product's photo rather than 2,000 lifted recall@5 and
+    # type P@5 of shopper photos on two seeds); each photo costs ~0.07 s the first time.
+    shopper_views: int = 8000
     test_photos: int = 2000  # held-out products whose shopper-like photo is evaluated
     seed: int = 0
 

@@ -135,7 +135,14 @@ def test_without_an_active_model_the_frozen_backbone_answers(lite2):
 @pytest.mark.django_db
 def test_training_on_a_slice_beats_the_frozen_model_on_its_held_back_products(shared_slice, lite2):
     from recommender.encoding import garment
-    from recommender.training import FeatureCache, TrainingSettings, shopper_view_kind, train_embedding
+    from recommender.training import (
+        FeatureCache,
+        TrainingSettings,
+        catalogue_data,
+        shopper_view_inputs,
+        shopper_view_kind,
+        train_embedding,
+    )
 
     report = train_embedding(lite2, TrainingSettings(epochs=30, shopper_views=60, test_photos=20))
 
@@ -156,6 +163,16 @@ def test_training_on_a_slice_beats_the_frozen_model_on_its_held_back_products(sh
     # ... kept per locator head, so views cropped by another locator are never reused.
     assert garment.get_locator().fingerprint in shopper_view_kind(0)
     assert len(list(FeatureCache(lite2).directory.glob(f"*/*-{shopper_view_kind(0)}.npy"))) >= 60
+    # A view is the same photo whichever run, order or thread makes it.
+    cache = FeatureCache(lite2)
+    data = catalogue_data(lite2, cache)
+    kind = shopper_view_kind(0)
+    rows = [row for row in range(len(data.skus)) if cache.get(data.checksums[row], kind) is not None][:6]
+    cached = shopper_view_inputs(data, rows, lite2, cache, seed=0)
+    for row in rows:
+        cache.path(data.checksums[row], kind).unlink()
+    remade = shopper_view_inputs(data, rows[::-1], lite2, cache, seed=0)[::-1]
+    np.testing.assert_allclose(remade, cached, atol=1e-5)
 
     out = StringIO()
     call_command(
