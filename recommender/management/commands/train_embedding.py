@@ -23,7 +23,7 @@ class Command(BaseCommand):
             "--shopper-views",
             type=int,
             default=TrainingSettings.shopper_views,
-            help="Products trained with a shopper-like photo.",
+            help="Training products trained with a shopper-like photo (default: all of them, up to this many).",
         )
         parser.add_argument(
             "--test-photos",
