@@ -161,12 +161,11 @@ def test_training_on_a_slice_beats_the_frozen_model_on_its_held_back_products(sh
     again = train_embedding(lite2, TrainingSettings(epochs=1, shopper_views=60, test_photos=20))
     assert again.seconds["shopper views"] < report.seconds["shopper views"] / 3
     # ... kept per locator head, so views cropped by another locator are never reused.
-    assert garment.get_locator().fingerprint in shopper_view_kind(0)
-    assert len(list(FeatureCache(lite2).directory.glob(f"*/*-{shopper_view_kind(0)}.npy"))) >= 60
+    cache, kind = FeatureCache(lite2), shopper_view_kind(0)
+    assert garment.get_locator().fingerprint in kind
+    assert len(list(cache.directory.glob(f"*/*-{kind}.npy"))) >= 60
     # A view is the same photo whichever run, order or thread makes it.
-    cache = FeatureCache(lite2)
     data = catalogue_data(lite2, cache)
-    kind = shopper_view_kind(0)
     rows = [row for row in range(len(data.skus)) if cache.get(data.checksums[row], kind) is not None][:6]
     cached = shopper_view_inputs(data, rows, lite2, cache, seed=0)
     for row in rows:
