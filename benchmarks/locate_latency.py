@@ -1,5 +1,6 @@
 """What finding the garment adds to a photo search: per-photo latency of the garment locator next
-to the embedding of the crop, in-process, one photo at a time (as a web request runs them).
+to the embedding of the crop, and of the crop's colour features (what a trained model's head takes
+beside the backbone's vector), in-process, one photo at a time (as a web request runs them).
 
     .venv/bin/python benchmarks/locate_latency.py [--photos 100]
 
@@ -19,6 +20,8 @@ from PIL import Image
 from recommender.encoding.backbones import get_backbone
 from recommender.encoding.embedder import get_embedder
 from recommender.encoding.garment import Box, get_locator
+from recommender.encoding.preprocessing import image_pixels
+from recommender.encoding.projection import colour_features
 from recommender.evaluation.shopper_photos import shopper_photo
 from recommender.evaluation.split import in_test_split
 
@@ -40,12 +43,13 @@ def main():
         shopper_photo(Image.open(item["path"]).convert("RGB"), seed=index, clutter=clutter).image
         for index, item in enumerate(chosen)
     ]
-    locator, embedder = get_locator(), get_embedder(get_backbone("efficientnet_lite2"))
+    base = get_backbone("efficientnet_lite2")
+    locator, embedder = get_locator(), get_embedder(base)
     for photo in photos[:3]:  # warm-up
         embedder.embed_image(Box.WHOLE.crop(photo))
         locator.locate(photo)
 
-    locate, embed = [], []
+    locate, embed, colour = [], [], []
     for photo in photos:
         started = time.perf_counter()
         garment = locator.crop_to_garment(photo)
@@ -53,11 +57,16 @@ def main():
         embedder.embed_image(garment)
         embed.append(time.perf_counter() - located)
         locate.append(located - started)
+        pixels = image_pixels(garment, base.input_size)[None]
+        started = time.perf_counter()
+        colour_features(pixels)
+        colour.append(time.perf_counter() - started)
 
     print(f"{len(photos)} shopper-like photos, one at a time, {locator.runtime} ({machine()})")
     rows = [
         ["locate the garment", f"{percentile(locate, 0.5):.1f}", f"{percentile(locate, 0.95):.1f}"],
         ["embed the crop", f"{percentile(embed, 0.5):.1f}", f"{percentile(embed, 0.95):.1f}"],
+        ["colour features of the crop", f"{percentile(colour, 0.5):.1f}", f"{percentile(colour, 0.95):.1f}"],
     ]
     print_table(["step", "p50 ms", "p95 ms"], rows)
     print(f"locate / embed (p50): {statistics.median(locate) / statistics.median(embed):.2f}")

@@ -1,7 +1,7 @@
 """Activating a trained model, and deciding when to train the next one.
 
 Activation embeds the whole catalogue in the model's own space (from the vectors and colour
-histograms already kept for the frozen backbone: no backbone pass, except for photos that have no
+features already kept for the frozen backbone: no backbone pass, except for photos that have no
 frozen vector yet), builds that space's index, and only then makes the model active, in one
 transaction. Until that moment shoppers are answered by the previous model; vectors of two models
 never meet in one index.
@@ -39,7 +39,7 @@ class ActivationError(Exception):
 
 def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
     """Store the trained model's vector of every photo whose frozen vector is up to date (the head
-    applied to it and the photo's colour histogram); returns how many were written."""
+    applied to it and the photo's colour features); returns how many were written."""
     base = get_backbone(backbone.trained.base)
     cache, head = FeatureCache(base), backbone.trained.head
     rows = (
@@ -65,8 +65,8 @@ def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
 
 
 def _project(batch, backbone, base, cache, head) -> int:
-    histograms = [cache.histogram(checksum, name, base.input_size) for _, checksum, name, _ in batch]
-    vectors = head.apply(np.hstack([np.vstack([row[3] for row in batch]), np.stack(histograms)]))
+    colours = [cache.colour_features(checksum, name, base.input_size) for _, checksum, name, _ in batch]
+    vectors = head.apply(np.hstack([np.vstack([row[3] for row in batch]), np.stack(colours)]))
     now = timezone.now()
     ImageEmbedding.objects.bulk_create(
         [

@@ -1,7 +1,7 @@
 """Training an embedding on the catalogue's own labels (`manage.py train_embedding` and its task).
 
 The backbone stays frozen: the head learns from the vectors already stored for every catalogue photo
-and from colour histograms of the photos, so retraining never runs the backbone over the catalogue
+and from colour features of the photos, so retraining never runs the backbone over the catalogue
 again. It learns several labels at once (article type, sub category, base colour and its family,
 gender, usage; classes with fewer than MIN_CLASS_SIZE training products are ignored, the others
 weighted by 1/sqrt(size) so that small classes count) and an instance term that pulls a shopper-like
@@ -10,7 +10,7 @@ that product's catalogue photo. Beside the learned part, the vector keeps the ba
 principal components (see projection.py), so it still means "looks like this very item", and
 carries label blocks: the article type and colour family a logistic regression on the same inputs
 predicts. The backbone's vectors of the shopper-like photos are kept in a feature cache
-(EMBEDDING_FEATURE_DIR), as are the photos' colour histograms.
+(EMBEDDING_FEATURE_DIR), as are the photos' colour features.
 
 Products of the fixed test split are never trained on; the model's evaluation (frozen and trained
 side by side) is on them, and is stored with the model. Training settings are chosen with
@@ -40,12 +40,13 @@ from .encoding.backbones import Backbone
 from .encoding.embedder import get_embedder
 from .encoding.preprocessing import image_pixels, read_image
 from .encoding.projection import (
-    HISTOGRAM_CELLS,
+    COLOUR_FEATURES,
+    COLOUR_RECIPE,
     BackboneProjection,
     LabelBlock,
     ProjectionHead,
     TrainedModel,
-    colour_histograms,
+    colour_features,
     head_inputs,
     save_model,
 )
@@ -78,20 +79,20 @@ INSTANCE_WEIGHT = 1.0
 
 @dataclass
 class CatalogueData:
-    """Each product's first embedded photo: its backbone vector, colour histogram and labels."""
+    """Each product's first embedded photo: its backbone vector, colour features and labels."""
 
     product_ids: np.ndarray
     checksums: list[str]
     names: list[str]
     vectors: np.ndarray
-    histograms: np.ndarray
+    colours: np.ndarray
     labels: dict[str, np.ndarray]
     test: np.ndarray  # held out from training: the fixed test split (the validation split in for_validation)
     skus: list[str]
 
     @property
     def inputs(self) -> np.ndarray:
-        return np.hstack([self.vectors, self.histograms])
+        return np.hstack([self.vectors, self.colours])
 
     def for_validation(self) -> "CatalogueData":
         """The products outside the test split, the validation split held out instead."""
@@ -102,7 +103,7 @@ class CatalogueData:
             [self.checksums[row] for row in keep],
             [self.names[row] for row in keep],
             self.vectors[keep],
-            self.histograms[keep],
+            self.colours[keep],
             {name: values[keep] for name, values in self.labels.items()},
             np.array([in_validation_split(sku) for sku in skus]),
             skus,
@@ -124,13 +125,13 @@ class FeatureCache:
         except (OSError, ValueError):
             return None
 
-    def histogram(self, checksum: str, name: str, size: int) -> np.ndarray:
-        """The colour histogram of a stored photo (`name`), prepared at `size` like the backbone's input."""
-        histogram = self.get(checksum, "histogram")
-        if histogram is None:
-            histogram = colour_histograms(image_pixels(_open_photo(name, size), size)[None])[0]
-            self.put(checksum, "histogram", histogram)
-        return histogram
+    def colour_features(self, checksum: str, name: str, size: int) -> np.ndarray:
+        """The colour features of a stored photo (`name`), prepared at `size` like the backbone's input."""
+        features = self.get(checksum, COLOUR_RECIPE)
+        if features is None:
+            features = colour_features(image_pixels(_open_photo(name, size), size)[None])[0]
+            self.put(checksum, COLOUR_RECIPE, features)
+        return features
 
     def put(self, checksum: str, kind: str, array: np.ndarray) -> None:
         path = self.path(checksum, kind)
@@ -170,9 +171,9 @@ def catalogue_data(base: Backbone, cache: FeatureCache, progress: bool = False) 
             records.append(row)
     if len(records) < 20:
         raise ValueError(f"Only {len(records)} products have a {base.name} embedding; embed the catalogue first.")
-    histograms = [
-        cache.histogram(checksum, name, base.input_size)
-        for _, checksum, name, *_ in tqdm(records, desc="Colour histograms", unit="photo", disable=not progress)
+    colours = [
+        cache.colour_features(checksum, name, base.input_size)
+        for _, checksum, name, *_ in tqdm(records, desc="Colour features", unit="photo", disable=not progress)
     ]
     columns = list(zip(*records, strict=True))
     labels = {
@@ -185,7 +186,7 @@ def catalogue_data(base: Backbone, cache: FeatureCache, progress: bool = False) 
         checksums=list(columns[1]),
         names=list(columns[2]),
         vectors=np.vstack(columns[3]).astype(np.float32),
-        histograms=np.stack(histograms).astype(np.float32),
+        colours=np.stack(colours).astype(np.float32),
         labels=labels,
         test=np.array([in_test_split(sku) for sku in columns[4]]),
         skus=list(columns[4]),
@@ -230,8 +231,8 @@ def shopper_view_inputs(
 
 
 def shopper_view_kind(seed: int) -> str:
-    """What the shopper-like views of a seed are cached as: recipe, locator and seed."""
-    return f"{AUGMENTATION}-{garment.get_locator().fingerprint}-{seed}"
+    """What the shopper-like views of a seed are cached as: recipes (photo, colour features), locator, seed."""
+    return f"{AUGMENTATION}-{COLOUR_RECIPE}-{garment.get_locator().fingerprint}-{seed}"
 
 
 def clutter_rows(data: CatalogueData, seed: int) -> list[int]:
@@ -317,7 +318,7 @@ def fit_head(
         return total
 
     inputs_tensor = tf.constant(inputs)
-    backbone_dimension = inputs.shape[1] - HISTOGRAM_CELLS
+    backbone_dimension = inputs.shape[1] - COLOUR_FEATURES
     views_tensor = tf.constant(views)
     view_rows_tensor = tf.constant(view_rows)
 
@@ -506,7 +507,7 @@ def train_embedding(
         timings.update(seconds)
         manifest = {
             "base": base.name,
-            "inputs": "backbone unit vector + 4x4x4 colour histogram",
+            "inputs": f"backbone unit vector + colour features ({COLOUR_RECIPE})",
             "labels": {name: classes for name, (_, _, classes) in targets.items()},
             "products": len(data.product_ids),
             "trained_on": int(train.sum()),

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from . import efficientnet_lite
-from .projection import HISTOGRAM_CELLS, ModelArtifactError, TrainedModel
+from .projection import COLOUR_LAYOUTS, ModelArtifactError, TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ BACKBONES = {backbone.name: backbone for backbone in [*_FP32, *map(_int8, _FP32)
 def trained_backbone(model: TrainedModel) -> Backbone:
     """The embedding space of a trained model: its base backbone's photos, its head's vectors."""
     base = get_backbone(model.base)
-    if model.head.input_dimension != base.dimension + HISTOGRAM_CELLS:
+    if model.head.input_dimension - base.dimension not in COLOUR_LAYOUTS:
         raise ModelArtifactError(
             f"Trained model {model.version} does not take {base.name}'s {base.dimension}-d vectors."
         )

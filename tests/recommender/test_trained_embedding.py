@@ -15,12 +15,17 @@ from catalog.models import Product
 from recommender import active
 from recommender.active import active_backbone, embedding_spaces
 from recommender.encoding.projection import (
+    COLOUR_FEATURES,
+    COLOUR_LAYOUTS,
     HEAD_FILE,
+    HISTOGRAM_CELLS,
+    LAB_STATISTICS,
     BackboneProjection,
     ModelArtifactError,
     ProjectionHead,
     TrainedModel,
-    colour_histograms,
+    colour_features,
+    head_inputs,
     save_model,
 )
 from recommender.evaluation.metrics import label_precision, query_neighbours
@@ -56,16 +61,41 @@ def saved_model(version: str = "20260101-000000", status=EmbeddingModel.Status.R
     return EmbeddingModel.objects.create(version=version, base="efficientnet_lite2", status=status, metrics=metrics)
 
 
-def test_colour_histograms_see_the_product_not_the_white_around_it():
+def test_colour_features_see_the_product_not_the_white_around_it():
     photo = np.full((1, 40, 40, 3), 255, np.uint8)
     photo[0, 10:30, 10:30] = (200, 20, 20)  # a red square on white
 
-    (histogram,) = colour_histograms(photo)
+    (features,) = colour_features(photo)
 
+    histogram, lab_mean, lab_spread = features[:64], features[64:67], features[67:70]
     red_cell = (3 * 4 + 0) * 4 + 0
     assert histogram[red_cell] == pytest.approx(1.0) and histogram.sum() == pytest.approx(1.0)
-    (white,) = colour_histograms(np.full((1, 8, 8, 3), 255, np.uint8))
-    assert white[63] == pytest.approx(1.0), "an all-white photo is white"
+    assert lab_mean * 100 == pytest.approx([43, 66, 51], abs=3), "CIELAB of (200, 20, 20)"
+    assert lab_spread == pytest.approx([0, 0, 0], abs=1e-3), "one colour"
+    assert features[70:] == pytest.approx(np.tile(lab_mean, 3), abs=1e-4), "its percentiles are its mean"
+    (white,) = colour_features(np.full((1, 8, 8, 3), 255, np.uint8))
+    assert white[63] == pytest.approx(1.0) and white[64] == pytest.approx(1.0), "an all-white photo is white"
+
+
+def test_colour_features_count_every_pixel_of_a_many_coloured_photo_in_its_cell():
+    photo = np.random.default_rng(3).integers(0, 256, (1, 30, 30, 3), dtype=np.uint8)
+    photo[0, :5] = 255  # a white band: background, not counted
+
+    (features,) = colour_features(photo)
+
+    product = photo[0, 5:].reshape(-1, 3) // 64
+    expected = np.bincount((product[:, 0] * 4 + product[:, 1]) * 4 + product[:, 2], minlength=64)
+    assert features[:64] ** 2 == pytest.approx(expected / expected.sum(), abs=1e-6)
+
+
+def test_colour_features_tell_navy_from_black_where_the_histogram_cannot():
+    navy, black = np.full((2, 16, 16, 3), 10, np.uint8)
+    navy[..., 2] = 60
+
+    navy_features, black_features = colour_features(np.stack([navy, black]))
+
+    assert np.array_equal(navy_features[:64], black_features[:64]), "one histogram cell"
+    assert navy_features[66] < black_features[66] - 0.1, "navy is bluer (lower CIELAB b)"
 
 
 def test_a_head_gives_unit_vectors_of_its_dimension_half_kept_from_the_backbone():
@@ -99,6 +129,24 @@ def test_a_saved_model_loads_and_a_damaged_one_says_so(settings):
         TrainedModel.load(model.directory)
     with pytest.raises(ModelArtifactError, match="Cannot read"):
         TrainedModel.load(settings.TRAINED_MODEL_DIR / "missing")
+
+
+@pytest.mark.parametrize("colour_columns", [HISTOGRAM_CELLS, COLOUR_FEATURES, COLOUR_FEATURES + 1])
+def test_a_head_trained_on_either_colour_layout_takes_todays_inputs_and_no_other_is_loaded(colour_columns, settings):
+    from recommender.encoding.backbones import trained_backbone
+
+    head = random_head(inputs=1280 + colour_columns)
+    model = save_model("20260101-000000", head, {"base": "efficientnet_lite2"})
+    photos = np.random.default_rng(4).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    vectors = np.random.default_rng(5).normal(size=(3, 1280)).astype(np.float32)
+
+    if colour_columns not in COLOUR_LAYOUTS:
+        with pytest.raises(ModelArtifactError, match="does not take"):
+            trained_backbone(model)
+        return
+    assert trained_backbone(model).dimension == 256
+    embedded = model.head.apply(head_inputs(vectors, photos))
+    assert np.allclose(np.linalg.norm(embedded, axis=1), 1, atol=1e-5)
 
 
 def test_split_precision_on_a_worked_example():
@@ -391,6 +439,8 @@ def test_a_head_saved_before_weights_and_label_blocks_loads_as_it_was(settings):
     expected = np.hstack([head.kept.apply(inputs[:, :1280]), learned]) / np.sqrt(2)
     assert loaded.learned_weight == 1.0 and loaded.label_blocks == () and loaded.dimension == 256
     assert np.allclose(loaded.apply(inputs), expected, atol=1e-5), "kept and learned halves of equal weight"
+    with_lab_statistics = np.hstack([inputs, np.ones((3, LAB_STATISTICS), np.float32)])
+    assert np.allclose(loaded.apply(with_lab_statistics), expected, atol=1e-5), "a head reads its own columns"
 
 
 def test_label_blocks_bring_photos_of_one_predicted_kind_together_and_survive_saving(settings):
@@ -423,6 +473,8 @@ def test_label_blocks_bring_photos_of_one_predicted_kind_together_and_survive_sa
     assert head.dimension == 256 + 4
     loaded = save_model("20260101-000000", head, {"base": "efficientnet_lite2"}).head
     assert np.allclose(loaded.apply(inputs), head.apply(inputs), atol=1e-6)
+    with_lab_statistics = np.hstack([inputs, np.ones((count, LAB_STATISTICS), np.float32)])
+    assert np.allclose(loaded.apply(with_lab_statistics), head.apply(inputs), atol=1e-6), "blocks read their columns"
     assert [block.weight for block in loaded.label_blocks] == pytest.approx([block.weight for block in blocks])
 
 

@@ -9,7 +9,7 @@ from .evaluate_recommender import print_trained_evaluation
 class Command(BaseCommand):
     help = (
         "Train an embedding on the catalogue's own labels: a head on the frozen backbone's stored "
-        "vectors and colour histograms, products of the test split left out. The model is saved under "
+        "vectors and colour features, products of the test split left out. The model is saved under "
         "TRAINED_MODEL_DIR/<version>/ with its evaluation and listed in admin, ready to activate "
         "(--activate: at once). --validate trains without the test split at all, evaluates on a "
         "validation split instead and saves nothing: for choosing training settings."
