@@ -22,7 +22,7 @@ from catalog.models import Product
 from .active import load_trained_backbone
 from .embedding import embed_catalogue
 from .encoding.backbones import Backbone, get_backbone
-from .encoding.projection import ModelArtifactError
+from .encoding.projection import ModelArtifactError, head_inputs
 from .models import EmbeddingModel, ImageEmbedding
 from .retrieval import build_index
 from .training import FeatureCache
@@ -66,7 +66,7 @@ def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
 
 def _project(batch, backbone, base, cache, head) -> int:
     colours = [cache.colour_features(checksum, name, base.input_size) for _, checksum, name, _ in batch]
-    vectors = head.apply(np.hstack([np.vstack([row[3] for row in batch]), np.stack(colours)]))
+    vectors = head.apply(head_inputs(np.vstack([row[3] for row in batch]), np.stack(colours)))
     now = timezone.now()
     ImageEmbedding.objects.bulk_create(
         [

@@ -92,7 +92,7 @@ class CatalogueData:
 
     @property
     def inputs(self) -> np.ndarray:
-        return np.hstack([self.vectors, self.colours])
+        return head_inputs(self.vectors, self.colours)
 
     def for_validation(self) -> "CatalogueData":
         """The products outside the test split, the validation split held out instead."""
@@ -223,7 +223,7 @@ def shopper_view_inputs(
                 chunk = missing[start : start + 32]
                 shots = painters.map(photo, chunk)
                 pixels = np.stack([image_pixels(locator.crop_to_garment(shot), base.input_size) for shot in shots])
-                inputs = head_inputs(embedder.embed_pixels(pixels), pixels)
+                inputs = head_inputs(embedder.embed_pixels(pixels), colour_features(pixels))
                 for row, row_inputs in zip(chunk, inputs, strict=True):
                     cache.put(data.checksums[row], kind, row_inputs)
                     results[row] = row_inputs

@@ -16,7 +16,7 @@ from PIL import Image
 
 from .backbones import Backbone, WeightsNotFound
 from .preprocessing import image_pixels
-from .projection import head_inputs
+from .projection import colour_features, head_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ class ProjectedEmbedder(Embedder):
     def embed_pixels(self, pixels: np.ndarray, wait_seconds: float | None = None) -> np.ndarray:
         if len(pixels) == 0:
             return np.zeros((0, self.backbone.dimension), dtype=np.float32)
-        return self.backbone.trained.head.apply(head_inputs(self.base.embed_pixels(pixels, wait_seconds), pixels))
+        inputs = head_inputs(self.base.embed_pixels(pixels, wait_seconds), colour_features(pixels))
+        return self.backbone.trained.head.apply(inputs)
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:

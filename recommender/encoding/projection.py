@@ -81,11 +81,11 @@ def _lab(image: np.ndarray) -> np.ndarray:
     return np.dstack([encoded[..., 0] * (100 / 255), encoded[..., 1:].view(np.int8)]).astype(np.float32)
 
 
-def head_inputs(backbone_vectors: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+def head_inputs(backbone_vectors: np.ndarray, colours: np.ndarray) -> np.ndarray:
     """What the head takes: the backbone's unit vectors beside the photos' colour features. New
     features are only ever appended, and a head reads the first columns, those it was trained on (a
     head trained before the CIELAB statistics takes the backbone vector and the histogram)."""
-    return np.hstack([np.asarray(backbone_vectors, np.float32), colour_features(pixels)])
+    return np.hstack([np.asarray(backbone_vectors, np.float32), np.asarray(colours, np.float32)])
 
 
 @dataclass(frozen=True)
