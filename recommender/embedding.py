@@ -18,6 +18,7 @@ from django.utils import timezone
 from .encoding.backbones import Backbone
 from .encoding.embedder import get_embedder
 from .encoding.preprocessing import file_pixels
+from .labels import PRODUCT_LABEL_FIELDS, product_labels
 from .models import ImageEmbedding
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class _Job:
     image_id: int
     checksum: str
     path: str
+    labels: tuple[str, ...]  # the product's PRODUCT_LABEL_FIELDS
 
 
 @dataclass
@@ -74,7 +76,11 @@ def _decode(jobs: list[_Job], size: int, pool: ThreadPoolExecutor | None) -> _De
 
 def _fetch_jobs(image_ids: Iterable[int], backbone: Backbone) -> list[_Job]:
     rows = ImageEmbedding.objects.missing_images(backbone).filter(pk__in=list(image_ids)).order_by("pk")
-    return [_Job(row.pk, row.checksum, row.image.path) for row in rows.only("pk", "checksum", "image")]
+    fields = [f"product__{name}" for name in PRODUCT_LABEL_FIELDS]
+    return [
+        _Job(row.pk, row.checksum, row.image.path, tuple(getattr(row.product, name) for name in PRODUCT_LABEL_FIELDS))
+        for row in rows.select_related("product").only("pk", "checksum", "image", *fields)
+    ]
 
 
 def _write(decoded: _Decoded, vectors: np.ndarray, backbone: Backbone) -> None:
@@ -136,7 +142,8 @@ def embed_in_batches(
             report.seconds["decode"] = decoded.seconds
             started = time.monotonic()
             # the model is loaded only when a batch has something to embed
-            vectors = get_embedder(backbone).embed_pixels(decoded.pixels) if decoded.jobs else []
+            labels = product_labels(job.labels for job in decoded.jobs)
+            vectors = get_embedder(backbone).embed_catalogue_pixels(decoded.pixels, labels) if decoded.jobs else []
             report.seconds["embed"] = time.monotonic() - started
             started = time.monotonic()
             _write(decoded, vectors, backbone)

@@ -19,10 +19,11 @@ from tqdm import tqdm
 
 from catalog.models import Product
 
-from .active import load_trained_backbone
+from .active import TRAINED_PREFIX, load_trained_backbone
 from .embedding import embed_catalogue
 from .encoding.backbones import Backbone, get_backbone
 from .encoding.projection import ModelArtifactError, head_inputs
+from .labels import PRODUCT_LABEL_LOOKUPS, product_labels
 from .models import EmbeddingModel, ImageEmbedding
 from .retrieval import build_index
 from .training import FeatureCache
@@ -39,7 +40,7 @@ class ActivationError(Exception):
 
 def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
     """Store the trained model's vector of every photo whose frozen vector is up to date (the head
-    applied to it and the photo's colour features); returns how many were written."""
+    applied to it, the photo's colour features and its product's labels); returns how many were written."""
     base = get_backbone(backbone.trained.base)
     cache, head = FeatureCache(base), backbone.trained.head
     rows = (
@@ -47,7 +48,7 @@ def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
         .done()
         .filter(image_checksum=F("image__checksum"))
         .order_by("image_id")
-        .values_list("image_id", "image_checksum", "image__image", "vector")
+        .values_list("image_id", "image_checksum", "image__image", "vector", *PRODUCT_LABEL_LOOKUPS)
     )
     written = 0
     with tqdm(total=rows.count(), desc=f"Embedding the catalogue for {backbone.name}", disable=not progress) as bar:
@@ -65,8 +66,9 @@ def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
 
 
 def _project(batch, backbone, base, cache, head) -> int:
-    colours = [cache.colour_features(checksum, name, base.input_size) for _, checksum, name, _ in batch]
-    vectors = head.apply(head_inputs(np.vstack([row[3] for row in batch]), np.stack(colours)))
+    colours = [cache.colour_features(checksum, name, base.input_size) for _, checksum, name, *_ in batch]
+    labels = product_labels(row[4:] for row in batch)
+    vectors = head.apply(head_inputs(np.vstack([row[3] for row in batch]), np.stack(colours)), labels)
     now = timezone.now()
     ImageEmbedding.objects.bulk_create(
         [
@@ -79,13 +81,23 @@ def _project(batch, backbone, base, cache, head) -> int:
                 dimension=backbone.dimension,
                 computed_at=now,
             )
-            for (image_id, checksum, _, _), vector in zip(batch, vectors, strict=True)
+            for (image_id, checksum, *_), vector in zip(batch, vectors, strict=True)
         ],
         update_conflicts=True,
         unique_fields=["image", "backbone"],
         update_fields=["image_checksum", "status", "vector", "dimension", "error", "computed_at"],
     )
     return len(batch)
+
+
+def forget_trained_vectors(product_ids: list[int]) -> list[int]:
+    """Delete every trained model's vectors of these products' photos, which carry the products'
+    labels (projection.py) and are out of date once the labels change; returns the photos' ids, for
+    the live spaces to embed again (the sweep finds them missing if that cannot be queued)."""
+    rows = ImageEmbedding.objects.filter(image__product_id__in=product_ids, backbone__startswith=TRAINED_PREFIX)
+    image_ids = sorted(set(rows.values_list("image_id", flat=True)))
+    rows.delete()
+    return image_ids
 
 
 def activate_model(version: str, progress: bool = False) -> EmbeddingModel:

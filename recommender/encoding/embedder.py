@@ -8,6 +8,7 @@ their own embedding space, and a float model would put wrong vectors there.
 import logging
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -37,6 +38,11 @@ class Embedder:
         if len(pixels) == 0:
             return np.zeros((0, self.backbone.dimension), dtype=np.float32)
         return normalise_rows(self._features(self.backbone.preprocess(pixels), wait_seconds))
+
+    def embed_catalogue_pixels(self, pixels: np.ndarray, labels: Mapping[str, Sequence[str]]) -> np.ndarray:
+        """Catalogue photos, told their products' labels (field -> each row's value): a trained
+        model's vectors carry them (projection.py); a backbone's own do not."""
+        return self.embed_pixels(pixels)
 
     def embed_image(self, image: Image.Image, wait_seconds: float | None = None) -> np.ndarray:
         """One upright RGB image (a shopper's photo) as a unit vector, prepared like catalogue images."""
@@ -116,10 +122,16 @@ class ProjectedEmbedder(Embedder):
         self.runtime = f"{base.runtime} + trained head"
 
     def embed_pixels(self, pixels: np.ndarray, wait_seconds: float | None = None) -> np.ndarray:
+        return self._project(pixels, None, wait_seconds)
+
+    def embed_catalogue_pixels(self, pixels: np.ndarray, labels: Mapping[str, Sequence[str]]) -> np.ndarray:
+        return self._project(pixels, labels)
+
+    def _project(self, pixels, labels, wait_seconds=None) -> np.ndarray:
         if len(pixels) == 0:
             return np.zeros((0, self.backbone.dimension), dtype=np.float32)
         inputs = head_inputs(self.base.embed_pixels(pixels, wait_seconds), colour_features(pixels))
-        return self.backbone.trained.head.apply(inputs)
+        return self.backbone.trained.head.apply(inputs, labels)
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:

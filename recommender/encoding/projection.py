@@ -7,8 +7,11 @@ a histogram and CIELAB statistics. Its output is one unit vector of three parts:
 vector's 192 principal components, which keep "this very item"), learned (a small MLP trained on the
 catalogue's labels, weighted against the kept part by `learned_weight`), and label blocks (the
 square roots of a linear classifier's probabilities for article type and colour family, so that
-products predicted to share a label come closer). It runs in numpy, so a trained model costs a photo
-search next to nothing beyond the backbone.
+products predicted to share a label come closer). A catalogue photo's blocks are also told its
+product's own labels, which staff gave it, and move halfway towards them: a shopper's photo, which
+has only the prediction, then finds products that are of its predicted kind rather than products
+predicted to be. It runs in numpy, so a trained model costs a photo search next to nothing beyond
+the backbone.
 
 A trained model is a directory under TRAINED_MODEL_DIR/<version>/: `head.npz` (the
 weights) and `model.json` (the manifest: the backbone it needs, the label maps, the metrics of its
@@ -20,6 +23,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,20 +109,33 @@ class LabelBlock:
     """A linear classifier of one label on the head's inputs. Its block of the vector is the square
     root of its class probabilities times `weight`: two photos' blocks multiply to how much their
     predicted labels agree (the Bhattacharyya coefficient), so it pulls together products of one
-    kind without overruling the look of the very item."""
+    kind without overruling the look of the very item.
+
+    A catalogue photo's product has a label already (staff gave it one): its probabilities may be
+    moved towards that class (see ProjectionHead), so that a photo searched for finds products that
+    are of its predicted kind, not only predicted to be."""
 
     weights: np.ndarray  # (inputs, classes)
     bias: np.ndarray  # (classes,)
     weight: float
+    label: str = ""  # the catalogue field it predicts ("" in heads saved before it was recorded)
+    classes: tuple[str, ...] = ()  # that field's value of each column
 
     @property
     def dimension(self) -> int:
         return self.weights.shape[1]
 
-    def apply(self, inputs: np.ndarray) -> np.ndarray:
+    def apply(self, inputs: np.ndarray, known: Sequence[str] | None = None, share: float = 0.0) -> np.ndarray:
         logits = np.asarray(inputs, np.float32)[:, : self.weights.shape[0]] @ self.weights + self.bias
         probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
+        if known is not None and share > 0 and self.classes:
+            columns = {name: column for column, name in enumerate(self.classes)}
+            rows = [(row, columns[value]) for row, value in enumerate(known) if value in columns]
+            if rows:
+                rows, labelled = np.array(rows).T
+                probabilities[rows] *= 1 - share
+                probabilities[rows, labelled] += share
         return self.weight * np.sqrt(probabilities)
 
 
@@ -132,6 +149,8 @@ class ProjectionHead:
     kept: BackboneProjection | None = None
     learned_weight: float = 1.0
     label_blocks: tuple[LabelBlock, ...] = ()
+    # How far a catalogue photo's label blocks move towards its product's own labels (0: not at all).
+    catalogue_label_share: float = 0.0
 
     @property
     def dimension(self) -> int:
@@ -142,7 +161,9 @@ class ProjectionHead:
     def input_dimension(self) -> int:
         return self.layers[0][0].shape[0]
 
-    def apply(self, inputs: np.ndarray) -> np.ndarray:
+    def apply(self, inputs: np.ndarray, labels: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
+        """The vectors of photos; with `labels` (field -> each row's product's value, "" for none),
+        of catalogue photos whose products have those labels."""
         x = np.asarray(inputs, np.float32)[:, : self.input_dimension]
         for index, (weights, bias) in enumerate(self.layers):
             x = x @ weights + bias
@@ -151,7 +172,8 @@ class ProjectionHead:
         parts = [self.learned_weight * _unit_rows(x)]
         if self.kept is not None:
             parts.insert(0, self.kept.apply(inputs[:, : self.kept.mean.shape[0]]))
-        parts += [block.apply(inputs) for block in self.label_blocks]
+        labels, share = labels or {}, self.catalogue_label_share
+        parts += [block.apply(inputs, labels.get(block.label), share) for block in self.label_blocks]
         return _unit_rows(np.hstack(parts))
 
 
@@ -210,12 +232,15 @@ def _read_head(file) -> ProjectionHead:
                 np.asarray(arrays["kept_mean"], np.float32), np.asarray(arrays["kept_components"], np.float32)
             )
         learned_weight = float(arrays["learned_weight"]) if "learned_weight" in arrays.files else 1.0
+        share = float(arrays["catalogue_label_share"]) if "catalogue_label_share" in arrays.files else 0.0
         blocks = sum(1 for name in arrays.files if name.startswith("block") and name.endswith("_w"))
         label_blocks = tuple(
             LabelBlock(
                 np.asarray(arrays[f"block{i}_w"], np.float32),
                 np.asarray(arrays[f"block{i}_b"], np.float32),
                 float(arrays[f"block{i}_weight"]),
+                str(arrays[f"block{i}_label"]) if f"block{i}_label" in arrays.files else "",
+                tuple(str(name) for name in arrays[f"block{i}_classes"]) if f"block{i}_classes" in arrays.files else (),
             )
             for i in range(blocks)
         )
@@ -231,9 +256,13 @@ def _read_head(file) -> ProjectionHead:
     for block in label_blocks:
         if block.weights.shape[0] != layers[0][0].shape[0] or block.bias.shape != (block.weights.shape[1],):
             raise ValueError("a label block's shapes do not match the head's inputs")
+        if block.classes and len(block.classes) != block.dimension:
+            raise ValueError("a label block does not name each of its classes")
+    if not 0 <= share <= 1:
+        raise ValueError("the catalogue label share is not between 0 and 1")
     if not all(np.isfinite(weight) and weight > 0 for weight in [learned_weight] + [b.weight for b in label_blocks]):
         raise ValueError("a part's weight is not a positive number")
-    return ProjectionHead(layers, kept, learned_weight, label_blocks)
+    return ProjectionHead(layers, kept, learned_weight, label_blocks, share)
 
 
 def models_directory() -> Path:
@@ -254,6 +283,9 @@ def save_model(version: str, head: ProjectionHead, manifest: dict) -> TrainedMod
     for index, block in enumerate(head.label_blocks):
         arrays[f"block{index}_w"], arrays[f"block{index}_b"] = block.weights, block.bias
         arrays[f"block{index}_weight"] = np.float32(block.weight)
+        arrays[f"block{index}_label"] = np.str_(block.label)
+        arrays[f"block{index}_classes"] = np.array(block.classes, str)
+    arrays["catalogue_label_share"] = np.float32(head.catalogue_label_share)
     np.savez(staging / HEAD_FILE, **arrays)
     digest = hashlib.sha256((staging / HEAD_FILE).read_bytes()).hexdigest()
     manifest = {**manifest, "version": version, "dimension": head.dimension, "head_sha256": digest}

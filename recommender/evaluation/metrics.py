@@ -143,9 +143,13 @@ def photo_search_scores(
     return scores
 
 
-def query_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """(len(queries), k) indices of the k rows of `vectors` most similar to each query row, never itself."""
-    scores = vectors[queries] @ vectors.T
+def query_neighbours(
+    vectors: np.ndarray, queries: np.ndarray, k: int, query_vectors: np.ndarray | None = None
+) -> np.ndarray:
+    """(len(queries), k) indices of the k rows of `vectors` most similar to each query row, never
+    itself; searched with `query_vectors` when the queries have vectors of their own (a photo of a
+    catalogue product embedded as a shopper's photo would be, say), else with their rows."""
+    scores = (vectors[queries] if query_vectors is None else query_vectors) @ vectors.T
     scores[np.arange(len(queries)), queries] = -np.inf
     best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")

@@ -445,6 +445,8 @@ def test_a_head_saved_before_weights_and_label_blocks_loads_as_it_was(settings):
     expected = np.hstack([head.kept.apply(inputs[:, :1280]), learned]) / np.sqrt(2)
     assert loaded.learned_weight == 1.0 and loaded.label_blocks == () and loaded.dimension == 256
     assert np.allclose(loaded.apply(inputs), expected, atol=1e-5), "kept and learned halves of equal weight"
+    labels = {"article_type": ["Shirts"] * 3, "colour_family": ["blue"] * 3}
+    assert np.allclose(loaded.apply(inputs, labels), expected, atol=1e-5), "no label block, nothing to be told"
     with_lab_statistics = np.hstack([inputs, np.ones((3, LAB_STATISTICS), np.float32)])
     assert np.allclose(loaded.apply(with_lab_statistics), expected, atol=1e-5), "a head reads its own columns"
 
@@ -482,6 +484,37 @@ def test_label_blocks_bring_photos_of_one_predicted_kind_together_and_survive_sa
     with_lab_statistics = np.hstack([inputs, np.ones((count, LAB_STATISTICS), np.float32)])
     assert np.allclose(loaded.apply(with_lab_statistics), head.apply(inputs), atol=1e-6), "blocks read their columns"
     assert [block.weight for block in loaded.label_blocks] == pytest.approx([block.weight for block in blocks])
+
+
+def test_catalogue_photos_carry_their_products_labels_halfway(settings):
+    from recommender.training import fit_label_blocks
+
+    rng = np.random.default_rng(1)
+    types = np.arange(40) % 2
+    inputs = rng.normal(0, 0.1, (40, 1359)).astype(np.float32)
+    inputs[:, 0] += np.where(types == 1, 1.0, -1.0)
+    targets = {"article_type": (types, np.ones(2, np.float32), ["Shirts", "Shorts"])}
+    blocks = fit_label_blocks(inputs, targets, np.arange(40), inputs[:0], np.arange(0))
+    base = random_head(inputs=1359)
+    head = ProjectionHead(base.layers, base.kept, 0.5, blocks, catalogue_label_share=0.5)
+    photos = inputs[:4]  # Shirts, Shorts, Shirts, Shorts by their look
+    told = {"article_type": ["Shorts", "Shorts", "", "Jeans"], "colour_family": ["blue"] * 4}
+
+    block = head.label_blocks[0]
+    assert (block.label, block.classes) == ("article_type", ("Shirts", "Shorts"))
+    predicted = (block.apply(photos) / block.weight) ** 2
+    carried = (block.apply(photos, told["article_type"], 0.5) / block.weight) ** 2
+    assert np.allclose(carried[:2], 0.5 * predicted[:2] + [[0, 0.5], [0, 0.5]], atol=1e-6), "halfway to the label"
+    assert np.allclose(carried[2:], predicted[2:], atol=1e-6), "no label, or one it never learned: as predicted"
+    # A shopper's photo (no labels) of a product labelled Shorts that looks like Shirts is nearer
+    # that product's catalogue vector than it would be if the product's label were taken as predicted.
+    catalogue, searched = head.apply(photos, told), head.apply(photos)
+    assert catalogue[0] @ head.apply(inputs[1:2])[0] > searched[0] @ head.apply(inputs[1:2])[0]
+    assert np.allclose(catalogue[2:], searched[2:], atol=1e-6)
+
+    loaded = save_model("20260101-000000", head, {"base": "efficientnet_lite2"}).head
+    assert loaded.catalogue_label_share == 0.5 and loaded.label_blocks[0].classes == ("Shirts", "Shorts")
+    assert np.allclose(loaded.apply(photos, told), catalogue, atol=1e-6)
 
 
 def test_a_run_whose_worker_died_is_given_up_and_does_not_block_the_next(embedded_catalogue, settings):
@@ -588,3 +621,51 @@ def test_a_status_change_counts_as_progress_for_the_stale_check(settings):
     record.mark(EmbeddingModel.Status.ACTIVATING, error="")  # activation starts now
 
     assert give_up_stale_runs() == 0 and EmbeddingModel.objects.get().status == "activating"
+
+
+@pytest.mark.django_db
+def test_a_relabelled_product_gets_trained_vectors_that_carry_its_new_label(indexed_catalogue, lite2):
+    from catalog.vocabulary import merge_spellings
+    from recommender.embedding import embed_images
+    from recommender.encoding.projection import LabelBlock
+    from recommender.trained_models import project_catalogue
+
+    types = sorted(set(Product.objects.values_list("article_type", flat=True)))
+    width = 1280 + COLOUR_FEATURES
+    unsure = np.zeros((width, len(types)), np.float32), np.zeros(len(types), np.float32)  # every class as likely
+    block = LabelBlock(*unsure, 0.5, "article_type", tuple(types))
+    base = random_head(inputs=width)
+    save_model("20260101-000000", ProjectionHead(base.layers, base.kept, 0.5, (block,), 0.5), {"base": lite2.name})
+    EmbeddingModel.objects.create(version="20260101-000000", base=lite2.name, status=EmbeddingModel.Status.READY)
+    activate_model("20260101-000000")
+    space = active_backbone()
+    product = Product.objects.filter(article_type=types[0]).first()
+    image_ids = list(product.images.values_list("pk", flat=True))
+
+    def label_block(product) -> np.ndarray:
+        vector = ImageEmbedding.objects.for_backbone(space).get(image=product.images.first()).vector
+        return vector[-len(types) :]
+
+    carried = label_block(product)
+    # half of the probability on its own label: (1/C + 1) / 2 against (1/C) / 2 for the others
+    assert carried.argmax() == 0 and carried[0] / carried[1] == pytest.approx(np.sqrt(1 + len(types)))
+
+    product.article_type = types[1]
+    product.save()
+
+    assert not ImageEmbedding.objects.filter(image__in=image_ids, backbone=space.name).exists()
+    assert ImageEmbedding.objects.filter(image__in=image_ids, backbone=lite2.name).count() == len(image_ids)
+    missing = set(ImageEmbedding.objects.missing_images(space).values_list("pk", flat=True))
+    assert missing == set(image_ids), "the sweep finds them if the task cannot be queued"
+    embed_images(image_ids, space)  # what the queued task does, from the photos
+    assert label_block(product).argmax() == 1, "the new label"
+    from_pixels = label_block(product)
+    project_catalogue(space)  # activation's way, from the frozen vectors: the same vectors
+    assert np.allclose(label_block(product), from_pixels, atol=1e-4)
+
+    # A spelling merged across the catalogue (a bulk update) counts as relabelling too.
+    other = Product.objects.exclude(pk=product.pk).first()
+    Product.objects.filter(pk=other.pk).update(base_colour="navy blue")
+    merge_spellings("base_colour", ["navy blue"], "Navy Blue")
+    assert not ImageEmbedding.objects.filter(image__product=other, backbone=space.name).exists()
+    assert ImageEmbedding.objects.filter(image__product=product, backbone=space.name).exists()

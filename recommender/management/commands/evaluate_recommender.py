@@ -181,7 +181,7 @@ def print_trained_evaluation(write, evaluation: dict) -> None:
         else "Test split: {} products among the whole catalogue"
     )
     write(
-        f"{held_out.format(evaluation['test_products'])} (leave-one-out), "
+        f"{held_out.format(evaluation['test_products'])} (each one's photo searched for among the others), "
         f"{evaluation['shopper_photos']} shopper-like photos of them."
     )
     header = f"{'':<10}{'label':<15}{f'P@{k}':>8}{f'macro P@{k}':>12}"
