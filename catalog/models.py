@@ -56,10 +56,6 @@ def product_slug(name: str) -> str:
     return slugify(name)[:255] or "product"
 
 
-# What a product is, as staff classify it (the vocabulary of each is tidied by vocabulary.py).
-CLASSIFICATION_FIELDS = ("gender", "master_category", "sub_category", "article_type", "base_colour", "season", "usage")
-
-
 class Product(models.Model):
     sku = models.CharField("SKU", max_length=64, unique=True, help_text="Stable external id, e.g. the supplier's.")
     name = models.CharField(max_length=255)

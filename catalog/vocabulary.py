@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from django.db.models import Count
 from django.utils import timezone
 
-from .models import CLASSIFICATION_FIELDS, Product
-from .signals import products_relabelled
+from .models import Product
 
+CLASSIFICATION_FIELDS = ("gender", "master_category", "sub_category", "article_type", "base_colour", "season", "usage")
 _WORD = re.compile(r"[^\W_]+")
 _SIBILANT_PLURALS = ("sses", "shes", "ches", "xes", "zes")
 
@@ -122,7 +122,7 @@ def merge_spellings(field: str, spellings: list[str], into: str) -> int:
     if len(keys) != 1:
         raise ValueError(f"{', '.join(map(repr, spellings))} and {into!r} are not spellings of one value")
     products = Product.objects.filter(**{f"{field}__in": spellings}).exclude(**{field: into})
-    return _respell(products, field, into)
+    return products.update(**{field: into, "updated_at": timezone.now()})
 
 
 def respell_near_duplicates(products, field: str | None = None) -> list[tuple[SpellingGroup, int]]:
@@ -131,15 +131,8 @@ def respell_near_duplicates(products, field: str | None = None) -> list[tuple[Sp
     merged = []
     for group in Vocabulary.in_use().near_duplicates(field):
         others = [value for value, _ in group.spellings[1:]]
-        changed = _respell(products.filter(**{f"{group.field}__in": others}), group.field, group.preferred)
+        changed = products.filter(**{f"{group.field}__in": others}).update(
+            **{group.field: group.preferred, "updated_at": timezone.now()}
+        )
         merged.append((group, changed))
     return merged
-
-
-def _respell(products, field: str, into: str) -> int:
-    """Give `products` the value `into` in `field`, and say so (products_relabelled); how many changed."""
-    product_ids = list(products.values_list("pk", flat=True))
-    changed = Product.objects.filter(pk__in=product_ids).update(**{field: into, "updated_at": timezone.now()})
-    if product_ids:
-        products_relabelled.send(sender=Product, product_ids=product_ids, fields={field})
-    return changed

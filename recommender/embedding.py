@@ -18,7 +18,7 @@ from django.utils import timezone
 from .encoding.backbones import Backbone
 from .encoding.embedder import get_embedder
 from .encoding.preprocessing import file_pixels
-from .labels import PRODUCT_LABEL_FIELDS, product_labels
+from .labels import PRODUCT_LABEL_FIELDS, product_labels, vector_labels
 from .models import ImageEmbedding
 
 logger = logging.getLogger(__name__)
@@ -87,8 +87,14 @@ def _write(decoded: _Decoded, vectors: np.ndarray, backbone: Backbone) -> None:
     now = timezone.now()
 
     def row(job: _Job, **outcome) -> ImageEmbedding:
+        labels = vector_labels(dict(zip(PRODUCT_LABEL_FIELDS, job.labels))) if backbone.trained is not None else ""
         return ImageEmbedding(
-            image_id=job.image_id, backbone=backbone.name, image_checksum=job.checksum, computed_at=now, **outcome
+            image_id=job.image_id,
+            backbone=backbone.name,
+            image_checksum=job.checksum,
+            labels=labels,
+            computed_at=now,
+            **outcome,
         )
 
     done = ImageEmbedding.Status.DONE
@@ -102,7 +108,7 @@ def _write(decoded: _Decoded, vectors: np.ndarray, backbone: Backbone) -> None:
         rows,
         update_conflicts=True,
         unique_fields=["image", "backbone"],
-        update_fields=["image_checksum", "status", "vector", "dimension", "error", "computed_at"],
+        update_fields=["image_checksum", "labels", "status", "vector", "dimension", "error", "computed_at"],
     )
 
 

@@ -1,13 +1,19 @@
-"""The labels of catalogue products that training learns and that trained vectors carry."""
+"""Products' labels: those training learns, and those a trained model's catalogue vectors carry."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+from django.db.models import CharField, OuterRef, Value
+from django.db.models.functions import Concat
 
 from catalog.colours import colour_family
 
 PRODUCT_LABEL_FIELDS = ("article_type", "sub_category", "base_colour", "gender", "usage")
 PRODUCT_LABEL_LOOKUPS = tuple(f"image__product__{name}" for name in PRODUCT_LABEL_FIELDS)  # from an image's rows
+# What a catalogue photo's trained vector depends on besides the photo: the label blocks' article
+# type and colour family (of the base colour). Change it with training.LABEL_BLOCKS.
+VECTOR_LABEL_FIELDS = ("article_type", "base_colour")
+_SEPARATOR = "|"
 
 
 def product_labels(rows: Iterable[Sequence[str]]) -> dict[str, np.ndarray]:
@@ -20,3 +26,14 @@ def product_labels(rows: Iterable[Sequence[str]]) -> dict[str, np.ndarray]:
     }
     labels["colour_family"] = np.array([colour_family(colour) for colour in labels["base_colour"]], dtype=str)
     return labels
+
+
+def vector_labels(fields: Mapping[str, str]) -> str:
+    """What a trained vector made with these product field values records (ImageEmbedding.labels)."""
+    return _SEPARATOR.join(fields[name] for name in VECTOR_LABEL_FIELDS)
+
+
+def current_vector_labels(product: str) -> Concat:
+    """vector_labels of the product at lookup `product` (from a subquery: OuterRef), in SQL."""
+    parts = [part for name in VECTOR_LABEL_FIELDS for part in (OuterRef(f"{product}__{name}"), Value(_SEPARATOR))]
+    return Concat(*parts[:-1], output_field=CharField())

@@ -8,6 +8,8 @@ from django.utils import timezone
 
 from catalog.models import ProductImage
 
+from .labels import current_vector_labels
+
 
 class VectorField(models.BinaryField):
     """A float32 vector stored as bytes; the one place where bytes become arrays and back."""
@@ -62,8 +64,11 @@ class ImageEmbeddingQuerySet(models.QuerySet):
         return np.vstack([found[pk] for pk in pks]) if pks else np.zeros((0, dimension), np.float32)
 
     def missing_images(self, backbone):
-        """Catalogue images with no embedding (done or failed) for this backbone of their current content."""
+        """Catalogue images with no embedding (done or failed) for this backbone of their current
+        content; in a trained model's space, of their products' current labels too (its vectors carry them)."""
         current = self.filter(image=OuterRef("pk"), backbone=backbone.name, image_checksum=OuterRef("checksum"))
+        if backbone.trained is not None:
+            current = current.filter(labels=current_vector_labels("product"))
         return ProductImage.objects.filter(~Exists(current))
 
 
@@ -77,6 +82,9 @@ class ImageEmbedding(models.Model):
     image = models.ForeignKey(ProductImage, on_delete=models.CASCADE, related_name="embeddings")
     backbone = models.CharField(max_length=32)
     image_checksum = models.CharField(max_length=64, help_text="Checksum of the image content it was computed from.")
+    labels = models.CharField(
+        max_length=128, blank=True, help_text="A trained model's: the product's labels it was computed with."
+    )
     status = models.CharField(max_length=8, choices=Status.choices)
     vector = VectorField(null=True, editable=False, help_text="float32, unit length")
     dimension = models.PositiveIntegerField(null=True)

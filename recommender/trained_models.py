@@ -19,11 +19,11 @@ from tqdm import tqdm
 
 from catalog.models import Product
 
-from .active import TRAINED_PREFIX, load_trained_backbone
+from .active import load_trained_backbone
 from .embedding import embed_catalogue
 from .encoding.backbones import Backbone, get_backbone
 from .encoding.projection import ModelArtifactError, head_inputs
-from .labels import PRODUCT_LABEL_LOOKUPS, product_labels
+from .labels import PRODUCT_LABEL_FIELDS, PRODUCT_LABEL_LOOKUPS, product_labels, vector_labels
 from .models import EmbeddingModel, ImageEmbedding
 from .retrieval import build_index
 from .training import FeatureCache
@@ -76,28 +76,19 @@ def _project(batch, backbone, base, cache, head) -> int:
                 image_id=image_id,
                 backbone=backbone.name,
                 image_checksum=checksum,
+                labels=vector_labels(dict(zip(PRODUCT_LABEL_FIELDS, fields))),
                 status=ImageEmbedding.Status.DONE,
                 vector=vector,
                 dimension=backbone.dimension,
                 computed_at=now,
             )
-            for (image_id, checksum, *_), vector in zip(batch, vectors, strict=True)
+            for (image_id, checksum, _, _, *fields), vector in zip(batch, vectors, strict=True)
         ],
         update_conflicts=True,
         unique_fields=["image", "backbone"],
-        update_fields=["image_checksum", "status", "vector", "dimension", "error", "computed_at"],
+        update_fields=["image_checksum", "labels", "status", "vector", "dimension", "error", "computed_at"],
     )
     return len(batch)
-
-
-def forget_trained_vectors(product_ids: list[int]) -> list[int]:
-    """Delete every trained model's vectors of these products' photos, which carry the products'
-    labels (projection.py) and are out of date once the labels change; returns the photos' ids, for
-    the live spaces to embed again (the sweep finds them missing if that cannot be queued)."""
-    rows = ImageEmbedding.objects.filter(image__product_id__in=product_ids, backbone__startswith=TRAINED_PREFIX)
-    image_ids = sorted(set(rows.values_list("image_id", flat=True)))
-    rows.delete()
-    return image_ids
 
 
 def activate_model(version: str, progress: bool = False) -> EmbeddingModel:

@@ -517,6 +517,7 @@ def train_embedding(
                 "learned_dimension": LEARNED_DIMENSION,
                 "learned_weight": LEARNED_WEIGHT,
                 "label_blocks": {name: weight for name, (weight, _) in LABEL_BLOCKS.items() if name in targets},
+                "catalogue_label_share": CATALOGUE_LABEL_SHARE,
                 "seconds": timings,
             },
             "evaluation": evaluation,

@@ -129,6 +129,8 @@ class LabelBlock:
         logits = np.asarray(inputs, np.float32)[:, : self.weights.shape[0]] @ self.weights + self.bias
         probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
         probabilities /= probabilities.sum(axis=1, keepdims=True)
+        if known is not None and len(known) != len(probabilities):
+            raise ValueError(f"{len(known)} labels for {len(probabilities)} photos")
         if known is not None and share > 0 and self.classes:
             columns = {name: column for column, name in enumerate(self.classes)}
             rows = [(row, columns[value]) for row, value in enumerate(known) if value in columns]
