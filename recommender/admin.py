@@ -25,7 +25,7 @@ class ImageEmbeddingAdmin(admin.ModelAdmin):
     list_filter = ("backbone", "status")
     search_fields = ("image__product__name", "image__product__sku")
     list_select_related = ("image__product",)
-    readonly_fields = ("image", "backbone", "image_checksum", "status", "dimension", "error", "computed_at")
+    readonly_fields = ("image", "backbone", "image_checksum", "labels", "status", "dimension", "error", "computed_at")
     exclude = ("vector",)
     actions = ["re_embed"]
     change_list_template = "admin/recommender/imageembedding/change_list.html"

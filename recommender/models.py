@@ -63,13 +63,18 @@ class ImageEmbeddingQuerySet(models.QuerySet):
             return None
         return np.vstack([found[pk] for pk in pks]) if pks else np.zeros((0, dimension), np.float32)
 
-    def missing_images(self, backbone):
-        """Catalogue images with no embedding (done or failed) for this backbone of their current
-        content; in a trained model's space, of their products' current labels too (its vectors carry them)."""
+    def current_for(self, backbone) -> "ImageEmbeddingQuerySet":
+        """The embedding (done or failed), in this space, of the outer ProductImage row's current
+        content; in a trained model's space whose vectors carry products' labels, of its product's
+        current labels too."""
         current = self.filter(image=OuterRef("pk"), backbone=backbone.name, image_checksum=OuterRef("checksum"))
-        if backbone.trained is not None:
+        if backbone.trained is not None and backbone.trained.head.carries_catalogue_labels:
             current = current.filter(labels=current_vector_labels("product"))
-        return ProductImage.objects.filter(~Exists(current))
+        return current
+
+    def missing_images(self, backbone):
+        """Catalogue images with no current embedding (done or failed) in this space."""
+        return ProductImage.objects.filter(~Exists(self.current_for(backbone)))
 
 
 class ImageEmbedding(models.Model):
@@ -83,7 +88,10 @@ class ImageEmbedding(models.Model):
     backbone = models.CharField(max_length=32)
     image_checksum = models.CharField(max_length=64, help_text="Checksum of the image content it was computed from.")
     labels = models.CharField(
-        max_length=128, blank=True, help_text="A trained model's: the product's labels it was computed with."
+        max_length=128,
+        blank=True,
+        db_default="",  # what rows written by a process that predates the field get
+        help_text="A trained model's: the product's labels it was computed with.",
     )
     status = models.CharField(max_length=8, choices=Status.choices)
     vector = VectorField(null=True, editable=False, help_text="float32, unit length")

@@ -24,16 +24,9 @@ class EmbeddingState(models.TextChoices):
     NO_PHOTO = "no_photo", "no photo"  # of a product, never of a photo
 
 
-def _current_embedding(backbone: Backbone):
-    """The embedding, in this space, of the outer ProductImage row's current content (its checksum)."""
-    return ImageEmbedding.objects.for_backbone(backbone).filter(
-        image=OuterRef("pk"), image_checksum=OuterRef("checksum")
-    )
-
-
 def embedding_state(backbone: Backbone) -> Case:
     """The outer ProductImage row's EmbeddingState: pending until its current content is embedded or has failed."""
-    current = _current_embedding(backbone)
+    current = ImageEmbedding.objects.current_for(backbone)
     return Case(
         When(Exists(current.done()), then=Value(EmbeddingState.EMBEDDED.value)),
         When(Exists(current.filter(status=ImageEmbedding.Status.FAILED)), then=Value(EmbeddingState.FAILED.value)),
@@ -62,7 +55,7 @@ class PhotoState:
 
 def photo_states(product: Product, backbone: Backbone) -> list[PhotoState]:
     """Each photo of the product, in display order, with its embedding state in this space."""
-    current = _current_embedding(backbone)
+    current = ImageEmbedding.objects.current_for(backbone)
     images = product.images.order_by("position", "pk").annotate(
         state=embedding_state(backbone),
         computed_at=Subquery(current.values("computed_at")[:1]),

@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import Count
+from django.db.models import Exists
 
 from catalog.models import ProductImage
 
@@ -30,22 +30,22 @@ class BackboneStatus:
 
 
 def recommender_status(active: Backbone) -> list[BackboneStatus]:
-    """The active backbone first, then every other backbone that has embeddings."""
-    counts = {
-        (backbone, status): count
-        for backbone, status, count in ImageEmbedding.objects.filter(image__in=ProductImage.objects.all())
-        .values_list("backbone", "status")
-        .annotate(count=Count("pk"))
-        .order_by()
-    }
-    used = {name for name, _ in counts} - {active.name}
+    """The active backbone first, then every other backbone that has embeddings. A photo counts once:
+    embedded or failed if its embedding is current (content, and labels where the vectors carry
+    them), else pending."""
+    used = set(ImageEmbedding.objects.order_by().values_list("backbone", flat=True).distinct()) - {active.name}
     backbones = [active] + [space for space in map(_space, sorted(used)) if space is not None]
+
+    def count(backbone: Backbone, status: str) -> int:
+        current = ImageEmbedding.objects.current_for(backbone).filter(status=status)
+        return ProductImage.objects.filter(Exists(current)).count()
+
     return [
         BackboneStatus(
             backbone=backbone.name,
             active=backbone == active,
-            embedded=counts.get((backbone.name, ImageEmbedding.Status.DONE), 0),
-            failed=counts.get((backbone.name, ImageEmbedding.Status.FAILED), 0),
+            embedded=count(backbone, ImageEmbedding.Status.DONE),
+            failed=count(backbone, ImageEmbedding.Status.FAILED),
             pending=ImageEmbedding.objects.missing_images(backbone).count(),
             index=current_manifest(backbone),
             index_bytes=version_size(backbone),

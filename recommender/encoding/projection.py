@@ -163,6 +163,11 @@ class ProjectionHead:
     def input_dimension(self) -> int:
         return self.layers[0][0].shape[0]
 
+    @property
+    def carries_catalogue_labels(self) -> bool:
+        """Whether a catalogue photo's vector depends on its product's labels."""
+        return self.catalogue_label_share > 0 and any(block.classes for block in self.label_blocks)
+
     def apply(self, inputs: np.ndarray, labels: Mapping[str, Sequence[str]] | None = None) -> np.ndarray:
         """The vectors of photos; with `labels` (field -> each row's product's value, "" for none),
         of catalogue photos whose products have those labels."""

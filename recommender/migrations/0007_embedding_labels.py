@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='imageembedding',
             name='labels',
-            field=models.CharField(blank=True, help_text="A trained model's: the product's labels it was computed with.", max_length=128),
+            field=models.CharField(blank=True, db_default='', help_text="A trained model's: the product's labels it was computed with.", max_length=128),
         ),
         migrations.RunSQL(RECORD_CURRENT_LABELS, migrations.RunSQL.noop),
     ]

@@ -537,6 +537,8 @@ def test_catalogue_photos_carry_their_products_labels_halfway(settings):
     loaded = save_model("20260101-000000", head, {"base": "efficientnet_lite2"}).head
     assert loaded.catalogue_label_share == 0.5 and loaded.label_blocks[0].classes == ("Shirts", "Shorts")
     assert np.allclose(loaded.apply(photos, told), catalogue, atol=1e-6)
+    with pytest.raises(ValueError, match="3 labels for 4 photos"):
+        head.apply(photos, {"article_type": ["Shorts"] * 3})
 
 
 def test_a_run_whose_worker_died_is_given_up_and_does_not_block_the_next(embedded_catalogue, settings):
@@ -649,6 +651,8 @@ def test_a_status_change_counts_as_progress_for_the_stale_check(settings):
 def test_a_relabelled_products_trained_vectors_are_made_again_with_its_new_label(indexed_catalogue, lite2):
     from recommender.embedding import embed_images
     from recommender.encoding.projection import LabelBlock
+    from recommender.product_panel import photo_states
+    from recommender.status import recommender_status
     from recommender.trained_models import project_catalogue
 
     types = sorted(set(Product.objects.values_list("article_type", flat=True)))
@@ -680,6 +684,9 @@ def test_a_relabelled_products_trained_vectors_are_made_again_with_its_new_label
 
     assert stale(space) == set(image_ids) and stale(lite2) == set(), "a backbone's own vectors know no labels"
     assert label_block(product).argmax() == 0, "the old vector answers until the new one is made"
+    assert {photo.state for photo in photo_states(product, space)} == {"pending"}, "staff see it coming"
+    status = {row.backbone: row for row in recommender_status(space)}
+    assert (status[space.name].embedded, status[space.name].pending) == (60 - len(image_ids), len(image_ids))
     embed_images(image_ids, space)  # what the sweep's task does, from the photos
     assert label_block(product).argmax() == 1 and stale(space) == set()
     from_pixels = label_block(product)
@@ -690,5 +697,7 @@ def test_a_relabelled_products_trained_vectors_are_made_again_with_its_new_label
     other = Product.objects.exclude(pk=product.pk).first()
     Product.objects.filter(pk=other.pk).update(gender="Unisex", usage="Sports")
     assert stale(space) == set()
-    Product.objects.filter(pk=other.pk).update(base_colour="Teal")
+    Product.objects.filter(pk=other.pk).update(base_colour="")
     assert stale(space) == set(other.images.values_list("pk", flat=True))
+    embed_images(list(stale(space)), space)
+    assert stale(space) == set(), "an empty label is recorded as the database spells it"
