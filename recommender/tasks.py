@@ -12,7 +12,6 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from .active import embedding_spaces, space_by_name
-from .embedding import embed_images
 from .encoding.backbones import get_backbone
 from .models import EmbeddingModel, ImageEmbedding
 from .retrieval import build_index
@@ -34,13 +33,10 @@ def embed_images_task(image_ids: list[int], backbone: str | None = None) -> dict
     """Embed these images (those already embedded are skipped; undecodable ones are marked failed):
     for one backbone, or by default in every live space (the frozen backbone's, and the active or
     activating trained model's)."""
-    spaces = [space_by_name(backbone)] if backbone else embedding_spaces()
-    reports = [embed_images(image_ids, space) for space in spaces]
-    return {
-        "embedded": sum(report.embedded for report in reports),
-        "failed": sum(report.failed for report in reports),
-        "skipped": sum(report.skipped for report in reports),
-    }
+    from .trained_models import embed_in_spaces
+
+    report = embed_in_spaces(image_ids, [space_by_name(backbone)] if backbone else embedding_spaces())
+    return {"embedded": report.embedded, "failed": report.failed, "skipped": report.skipped}
 
 
 def queue_embeddings(image_ids: list[int], backbone: str | None = None) -> bool:

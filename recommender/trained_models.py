@@ -20,7 +20,7 @@ from tqdm import tqdm
 from catalog.models import Product
 
 from .active import load_trained_backbone
-from .embedding import embed_catalogue
+from .embedding import EmbedReport, embed_catalogue, embed_images
 from .encoding.backbones import Backbone, get_backbone
 from .encoding.projection import ModelArtifactError, head_inputs
 from .labels import PRODUCT_LABEL_FIELDS, PRODUCT_LABEL_LOOKUPS, product_labels, vector_labels
@@ -38,17 +38,17 @@ class ActivationError(Exception):
     pass
 
 
-def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
+def project_catalogue(backbone: Backbone, progress: bool = False, image_ids: list[int] | None = None) -> int:
     """Store the trained model's vector of every photo whose frozen vector is up to date (the head
-    applied to it, the photo's colour features and its product's labels); returns how many were written."""
+    applied to it, the photo's colour features and its product's labels), or of those of `image_ids`
+    that lack a current one; returns how many were written. No backbone pass."""
     base = get_backbone(backbone.trained.base)
     cache, head = FeatureCache(base), backbone.trained.head
-    rows = (
-        ImageEmbedding.objects.for_backbone(base)
-        .done()
-        .filter(image_checksum=F("image__checksum"))
-        .order_by("image_id")
-        .values_list("image_id", "image_checksum", "image__image", "vector", *PRODUCT_LABEL_LOOKUPS)
+    rows = ImageEmbedding.objects.for_backbone(base).done().filter(image_checksum=F("image__checksum"))
+    if image_ids is not None:
+        rows = rows.filter(image__in=ImageEmbedding.objects.missing_images(backbone).filter(pk__in=image_ids))
+    rows = rows.order_by("image_id").values_list(
+        "image_id", "image_checksum", "image__image", "vector", *PRODUCT_LABEL_LOOKUPS
     )
     written = 0
     with tqdm(total=rows.count(), desc=f"Embedding the catalogue for {backbone.name}", disable=not progress) as bar:
@@ -63,6 +63,18 @@ def project_catalogue(backbone: Backbone, progress: bool = False) -> int:
             written += _project(batch, backbone, base, cache, head)
             bar.update(len(batch))
     return written
+
+
+def embed_in_spaces(image_ids: list[int], spaces: list[Backbone]) -> EmbedReport:
+    """Embed these images where they lack a current vector, space by space: a trained model's from
+    the frozen vectors where those are current (the frozen space comes first, so a new photo's is),
+    the rest from their pixels."""
+    total = EmbedReport()
+    for space in spaces:
+        projected = project_catalogue(space, image_ids=image_ids) if space.trained is not None else 0
+        report = embed_images(image_ids, space)
+        total.add(EmbedReport(report.embedded + projected, report.failed, report.skipped - projected, report.seconds))
+    return total
 
 
 def _project(batch, backbone, base, cache, head) -> int:

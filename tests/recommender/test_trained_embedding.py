@@ -701,3 +701,36 @@ def test_a_relabelled_products_trained_vectors_are_made_again_with_its_new_label
     assert stale(space) == set(other.images.values_list("pk", flat=True))
     embed_images(list(stale(space)), space)
     assert stale(space) == set(), "an empty label is recorded as the database spells it"
+
+
+@pytest.mark.django_db
+def test_a_new_photo_gets_its_trained_vector_from_its_frozen_one_without_a_second_backbone_pass(
+    indexed_catalogue, lite2, monkeypatch
+):
+    from catalog.models import ProductImage
+    from recommender.encoding.embedder import ProjectedEmbedder
+    from recommender.trained_models import embed_in_spaces
+
+    record = saved_model()
+    activate_model(record.version)
+    space = active_backbone()
+    photo = ProductImage.objects.first()
+    ImageEmbedding.objects.filter(image=photo).delete()  # as if just added
+    monkeypatch.setattr(ProjectedEmbedder, "_project", lambda *args, **kwargs: pytest.fail("second backbone pass"))
+
+    report = embed_in_spaces([photo.pk], embedding_spaces())
+
+    assert (report.embedded, report.failed, report.skipped) == (2, 0, 0)
+    frozen = ImageEmbedding.objects.for_backbone(lite2).get(image=photo).vector
+    trained = ImageEmbedding.objects.for_backbone(space).get(image=photo)
+    assert trained.dimension == 256 and trained.image_checksum == photo.checksum
+    inputs = head_inputs(frozen[None], colour_features_of(photo, lite2))
+    assert np.allclose(trained.vector, space.trained.head.apply(inputs)[0], atol=1e-6)
+    assert embed_in_spaces([photo.pk], embedding_spaces()).skipped == 2, "nothing to do twice"
+
+
+def colour_features_of(photo, backbone) -> np.ndarray:
+    from recommender.encoding.preprocessing import file_pixels
+
+    with photo.image.open("rb") as file:
+        return colour_features(file_pixels(file, backbone.input_size)[None])
