@@ -87,7 +87,7 @@ def _write(decoded: _Decoded, vectors: np.ndarray, backbone: Backbone) -> None:
     now = timezone.now()
 
     def row(job: _Job, **outcome) -> ImageEmbedding:
-        labels = vector_labels(dict(zip(PRODUCT_LABEL_FIELDS, job.labels))) if backbone.trained is not None else ""
+        labels = vector_labels(job.labels) if backbone.trained is not None else ""
         return ImageEmbedding(
             image_id=job.image_id,
             backbone=backbone.name,

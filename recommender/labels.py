@@ -1,6 +1,6 @@
 """Products' labels: those training learns, and those a trained model's catalogue vectors carry."""
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from django.db.models import CharField, OuterRef, Value
@@ -28,8 +28,10 @@ def product_labels(rows: Iterable[Sequence[str]]) -> dict[str, np.ndarray]:
     return labels
 
 
-def vector_labels(fields: Mapping[str, str]) -> str:
-    """What a trained vector made with these product field values records (ImageEmbedding.labels)."""
+def vector_labels(row: Sequence[str]) -> str:
+    """What a trained vector made for a product with this row of PRODUCT_LABEL_FIELDS records
+    (ImageEmbedding.labels)."""
+    fields = dict(zip(PRODUCT_LABEL_FIELDS, row, strict=True))
     return _SEPARATOR.join(fields[name] for name in VECTOR_LABEL_FIELDS)
 
 

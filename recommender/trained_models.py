@@ -23,7 +23,7 @@ from .active import load_trained_backbone
 from .embedding import EmbedReport, embed_catalogue, embed_images
 from .encoding.backbones import Backbone, get_backbone
 from .encoding.projection import ModelArtifactError, head_inputs
-from .labels import PRODUCT_LABEL_FIELDS, PRODUCT_LABEL_LOOKUPS, product_labels, vector_labels
+from .labels import PRODUCT_LABEL_LOOKUPS, product_labels, vector_labels
 from .models import EmbeddingModel, ImageEmbedding
 from .retrieval import build_index
 from .training import FeatureCache
@@ -51,7 +51,8 @@ def project_catalogue(backbone: Backbone, progress: bool = False, image_ids: lis
         "image_id", "image_checksum", "image__image", "vector", *PRODUCT_LABEL_LOOKUPS
     )
     written = 0
-    with tqdm(total=rows.count(), desc=f"Embedding the catalogue for {backbone.name}", disable=not progress) as bar:
+    total = rows.count() if progress else None  # the embed task projects a batch: no count query there
+    with tqdm(total=total, desc=f"Embedding the catalogue for {backbone.name}", disable=not progress) as bar:
         batch = []
         for row in rows.iterator(chunk_size=BATCH):
             batch.append(row)
@@ -88,7 +89,7 @@ def _project(batch, backbone, base, cache, head) -> int:
                 image_id=image_id,
                 backbone=backbone.name,
                 image_checksum=checksum,
-                labels=vector_labels(dict(zip(PRODUCT_LABEL_FIELDS, fields))),
+                labels=vector_labels(fields),
                 status=ImageEmbedding.Status.DONE,
                 vector=vector,
                 dimension=backbone.dimension,
